@@ -1,0 +1,7 @@
+// Umbrella header for the qkv library.
+#pragma once
+
+#include "qkv/attention.h"  // IWYU pragma: export
+#include "qkv/error.h"      // IWYU pragma: export
+#include "qkv/tensor.h"     // IWYU pragma: export
+#include "qkv/version.h"    // IWYU pragma: export

@@ -1,0 +1,87 @@
+// AttentionProblem: a validated, normalized description of one attention call.
+// Built once at the API boundary (validate.cpp); kernels trust it.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "qkv/attention.h"
+
+namespace qkv::internal {
+
+// Strides in elements of a [batch, seq, heads, dim] tensor whose innermost
+// dimension is contiguous.
+struct Bshd {
+  int64_t batch = 0, seq = 0, head = 0;
+  int64_t offset(int64_t b, int64_t s, int64_t h) const {
+    return b * batch + s * seq + h * head;
+  }
+};
+
+struct AttentionProblem {
+  // Sizes (see include/qkv/attention.h for the glossary).
+  int64_t batch = 0, seq_q = 0, seq_kv = 0, heads = 0, kv_heads = 0;
+  int64_t head_dim = 0, head_dim_v = 0, group = 0;  // group = heads / kv_heads
+
+  DType dtype = DType::kFloat32;  // of q, k, v and o
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* o = nullptr;
+  Bshd q_stride, k_stride, v_stride, o_stride;
+
+  float* lse = nullptr;  // optional [batch, heads, seq_q]
+  int64_t lse_stride_b = 0, lse_stride_h = 0, lse_stride_s = 0;
+
+  float scale = 1.0f;
+  float softcap = 0.0f;  // 0 = off
+
+  // Visibility, as an inclusive interval of keys per query row, from the
+  // causal and window options (the explicit mask comes on top).
+  bool causal = false;
+  CausalAlign causal_align = CausalAlign::kBottomRight;
+  int64_t window_left = -1, window_right = -1;
+
+  const float* alibi = nullptr;  // slope of (b, h) = alibi[b * alibi_stride_b + h * alibi_stride_h]
+  int64_t alibi_stride_b = 0, alibi_stride_h = 0;
+  const float* sinks = nullptr;  // sinks[h * sinks_stride]
+  int64_t sinks_stride = 0;
+
+  // Mask broadcast to [batch, heads, seq_q, seq_kv]: stride 0 on broadcast dims.
+  const void* mask = nullptr;
+  DType mask_dtype = DType::kBool;
+  int64_t mask_stride[4] = {0, 0, 0, 0};
+
+  int num_threads = 1;  // resolved: >= 1
+  Tiling tiling;
+
+  // Offset that aligns query i with key i + diag (bottom-right alignment).
+  int64_t diag() const { return seq_kv - seq_q; }
+
+  // First visible key for query row i (may exceed key_hi: row empty).
+  int64_t key_lo(int64_t i) const {
+    int64_t lo = 0;
+    if (window_left >= 0) lo = std::max(lo, i + diag() - window_left);
+    return lo;
+  }
+  // Last visible key for query row i (may be < 0: row empty).
+  int64_t key_hi(int64_t i) const {
+    int64_t hi = seq_kv - 1;
+    if (window_right >= 0) hi = std::min(hi, i + diag() + window_right);
+    if (causal) {
+      hi = std::min(hi, causal_align == CausalAlign::kBottomRight ? i + diag() : i);
+    }
+    return hi;
+  }
+  bool has_alibi() const { return alibi != nullptr; }
+  bool has_mask() const { return mask != nullptr; }
+  float alibi_slope(int64_t b, int64_t h) const {
+    return alibi[b * alibi_stride_b + h * alibi_stride_h];
+  }
+  int64_t mask_offset(int64_t b, int64_t h, int64_t i, int64_t j) const {
+    return b * mask_stride[0] + h * mask_stride[1] + i * mask_stride[2] + j * mask_stride[3];
+  }
+};
+
+}  // namespace qkv::internal

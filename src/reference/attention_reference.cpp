@@ -1,0 +1,105 @@
+// The oracle. Every option is applied literally, in the order of the
+// semantics table in include/qkv/attention.h, in double precision. Kept plain
+// on purpose: every fast path is tested against it, and it stays selectable at
+// run time (Backend::kReference) so a fast-path bug can be bisected in the field.
+#include "reference/attention_reference.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace qkv::internal {
+namespace {
+
+double load(const void* base, int64_t offset) {
+  return static_cast<const float*>(base)[offset];
+}
+
+bool visible(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
+  const int64_t diag = p.seq_kv - p.seq_q;
+  if (p.causal) {
+    const int64_t last = p.causal_align == CausalAlign::kBottomRight ? i + diag : i;
+    if (j > last) return false;
+  }
+  if (p.window_left >= 0 && j < i + diag - p.window_left) return false;
+  if (p.window_right >= 0 && j > i + diag + p.window_right) return false;
+  if (p.mask && p.mask_dtype == DType::kBool) {
+    if (static_cast<const uint8_t*>(p.mask)[p.mask_offset(b, h, i, j)] == 0) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void attention_reference(const AttentionProblem& p) {
+  constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+  std::vector<double> s(static_cast<size_t>(p.seq_kv));
+  std::vector<double> acc(static_cast<size_t>(p.head_dim_v));
+  const int64_t diag = p.seq_kv - p.seq_q;
+
+  for (int64_t b = 0; b < p.batch; ++b) {
+    for (int64_t h = 0; h < p.heads; ++h) {
+      const int64_t kvh = h / p.group;
+      for (int64_t i = 0; i < p.seq_q; ++i) {
+        // 1. Scores of the visible keys; -inf elsewhere.
+        const int64_t q_off = p.q_stride.offset(b, i, h);
+        double row_max = kNegInf;
+        for (int64_t j = 0; j < p.seq_kv; ++j) {
+          if (!visible(p, b, h, i, j)) {
+            s[j] = kNegInf;
+            continue;
+          }
+          const int64_t k_off = p.k_stride.offset(b, j, kvh);
+          double dot = 0;
+          for (int64_t d = 0; d < p.head_dim; ++d) dot += load(p.q, q_off + d) * load(p.k, k_off + d);
+          double score = static_cast<double>(p.scale) * dot;
+          if (p.softcap > 0) score = p.softcap * std::tanh(score / p.softcap);
+          if (p.alibi) score -= p.alibi_slope(b, h) * std::fabs(static_cast<double>(i + diag - j));
+          if (p.mask && p.mask_dtype == DType::kFloat32) {
+            score += static_cast<const float*>(p.mask)[p.mask_offset(b, h, i, j)];
+          }
+          s[j] = score;
+          if (score > row_max) row_max = score;
+        }
+
+        // 2. Softmax relative to the row max (no overflow), then P.V.
+        std::fill(acc.begin(), acc.end(), 0.0);
+        double sum = 0;
+        if (row_max != kNegInf) {
+          for (int64_t j = 0; j < p.seq_kv; ++j) {
+            if (s[j] == kNegInf) continue;
+            const double w = std::exp(s[j] - row_max);
+            sum += w;
+            const int64_t v_off = p.v_stride.offset(b, j, kvh);
+            for (int64_t d = 0; d < p.head_dim_v; ++d) acc[d] += w * load(p.v, v_off + d);
+          }
+        }
+        double lse = kNegInf;
+        if (sum > 0) {
+          if (p.sinks) {
+            const double sink = p.sinks[h * p.sinks_stride];
+            // sum * e^max + e^sink, kept relative to the larger exponent.
+            const double m = std::max(row_max, sink);
+            sum = sum * std::exp(row_max - m) + std::exp(sink - m);
+            for (double& a : acc) a *= std::exp(row_max - m);
+            row_max = m;
+          }
+          lse = row_max + std::log(sum);
+        }
+
+        // 3. Normalize and store. An empty row stays 0 with lse -inf.
+        float* o = static_cast<float*>(p.o) + p.o_stride.offset(b, i, h);
+        for (int64_t d = 0; d < p.head_dim_v; ++d) {
+          o[d] = sum > 0 ? static_cast<float>(acc[d] / sum) : 0.0f;
+        }
+        if (p.lse) {
+          p.lse[b * p.lse_stride_b + h * p.lse_stride_h + i * p.lse_stride_s] = static_cast<float>(lse);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace qkv::internal

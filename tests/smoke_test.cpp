@@ -1,0 +1,3 @@
+#include <gtest/gtest.h>
+#include "qkv/qkv.h"
+TEST(Smoke, Builds) { SUCCEED(); }
