@@ -1,9 +1,297 @@
-// Placeholder until the tiled kernel lands.
+// Flash forward: tiles of query rows x key blocks with an online softmax, so
+// the seq_q x seq_kv score matrix never exists.
+//
+// Loop order, for each round of (batch, kv head) pairs whose packed K/V fit
+// the pack budget:
+//   1. pack K^T as [seq_kv / 2N][head_dim][2N] and V as [seq_kv][head_dim_v
+//      rounded up to N], converted to float32, once per (batch, kv head);
+//   2. tasks = (kv head, query tile), heaviest causal tiles first, dynamic
+//      schedule. A task's rows are the query positions of its tile times the
+//      GQA group (row r = position (r / group), head kv_head * group + r % group),
+//      so one K/V block in L2 serves the whole group.
+//      for each key block [k0, k1) visible to some row of the tile:
+//        for each panel of <= 6 rows:  S = Q.K^T (QKPanel), options and
+//          online softmax per row, O = alpha * O + P.V (PVPanel)
+//   3. normalize once per row: O /= l, lse = (m + log2 l) * ln 2.
+// Tile sizes: block_kv x head_dim of K plus V is 128 KiB at head_dim 128 and
+// the tile's Q and O (96 rows) 96 KiB: the working set stays in a 512 KiB L2.
+// Extra memory: the packed K/V of one round (<= 64 MiB unless a single head
+// needs more) plus O(tile) scratch per thread.
+
 #include "kernels/flash_forward.h"
-#include "reference/attention_reference.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "runtime/threads.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/flash_forward.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "hwy/aligned_allocator.h"
+#include "hwy/highway.h"
+#include "kernels/convert-inl.h"
+#include "kernels/microkernel-inl.h"
+#include "kernels/online_softmax-inl.h"
+
+HWY_BEFORE_NAMESPACE();
 namespace qkv::internal {
-void flash_forward(const AttentionProblem& problem) noexcept { attention_reference(problem); }
-std::vector<int64_t> flash_targets() { return {0}; }
-void flash_force_target(int64_t) {}
-const char* flash_target_name(int64_t) { return "reference"; }
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+namespace {
+
+constexpr int64_t kPackBudgetBytes = int64_t{64} << 20;
+constexpr int64_t kPackChunkKeys = 512;  // keys per packing task
+constexpr int64_t kTargetTileRows = 96;  // rows (positions x group) per task
+
+int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+int64_t CeilDiv(int64_t x, int64_t m) { return (x + m - 1) / m; }
+
+// Sizes derived once per call.
+struct Geometry {
+  int64_t lanes = 0;        // N
+  int64_t key_panel = 0;    // 2N keys per packed K panel
+  int64_t dv_pad = 0;       // head_dim_v rounded up to N
+  int64_t block_q = 0;      // query positions per task
+  int64_t block_kv = 0;     // keys per block, a multiple of key_panel
+  int64_t tile_rows = 0;    // block_q * group
+  int64_t q_tiles = 0;      // per (batch, kv head)
+  int64_t k_floats = 0;     // packed K per (batch, kv head)
+  int64_t v_floats = 0;     // packed V per (batch, kv head)
+  int64_t heads_per_round = 0;
+
+  explicit Geometry(const AttentionProblem& p) {
+    const hn::ScalableTag<float> d;
+    lanes = static_cast<int64_t>(hn::Lanes(d));
+    key_panel = 2 * lanes;
+    dv_pad = RoundUp(p.head_dim_v, lanes);
+    if (p.tiling.block_q > 0) {
+      block_q = p.tiling.block_q;
+    } else {
+      block_q = std::max<int64_t>(1, kTargetTileRows / p.group);
+    }
+    block_q = std::max<int64_t>(1, std::min(block_q, p.seq_q));
+    const int64_t dim = std::max(p.head_dim, p.head_dim_v);
+    const int64_t auto_kv = std::clamp<int64_t>(16384 / dim, 32, 512);
+    block_kv = RoundUp(p.tiling.block_kv > 0 ? p.tiling.block_kv : auto_kv, key_panel);
+    tile_rows = block_q * p.group;
+    q_tiles = CeilDiv(p.seq_q, block_q);
+    k_floats = RoundUp(p.seq_kv, key_panel) * p.head_dim;
+    v_floats = p.seq_kv * dv_pad;
+    const int64_t head_bytes = std::max<int64_t>(1, (k_floats + v_floats) * 4);
+    heads_per_round = std::clamp<int64_t>(kPackBudgetBytes / head_bytes, 1,
+                                          std::max<int64_t>(1, p.batch * p.kv_heads));
+  }
+};
+
+// Packs keys [j0, j1) of one (batch, kv head): K^T panels and V rows.
+void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kvh, int64_t j0,
+              int64_t j1, float* HWY_RESTRICT kt, float* HWY_RESTRICT vp,
+              float* HWY_RESTRICT row) {
+  const size_t elem = dtype_size(p.dtype);
+  const char* k_base = static_cast<const char*>(p.k);
+  const char* v_base = static_cast<const char*>(p.v);
+  for (int64_t j = j0; j < j1; ++j) {
+    LoadRowScaled(p.dtype, k_base + p.k_stride.offset(b, j, kvh) * elem, p.head_dim, 1.0f, row);
+    float* panel = kt + (j / g.key_panel) * p.head_dim * g.key_panel + j % g.key_panel;
+    for (int64_t c = 0; c < p.head_dim; ++c) panel[c * g.key_panel] = row[c];
+    float* vrow = vp + j * g.dv_pad;
+    LoadRowScaled(p.dtype, v_base + p.v_stride.offset(b, j, kvh) * elem, p.head_dim_v, 1.0f, vrow);
+    std::fill(vrow + p.head_dim_v, vrow + g.dv_pad, 0.0f);
+  }
+  // Zero the padding keys of the last panel so their products are finite.
+  if (j1 == p.seq_kv) {
+    for (int64_t j = p.seq_kv; j < RoundUp(p.seq_kv, g.key_panel); ++j) {
+      float* panel = kt + (j / g.key_panel) * p.head_dim * g.key_panel + j % g.key_panel;
+      for (int64_t c = 0; c < p.head_dim; ++c) panel[c * g.key_panel] = 0.0f;
+    }
+  }
+}
+
+// Per-thread scratch, sized for one tile.
+struct Scratch {
+  hwy::AlignedFreeUniquePtr<float[]> q, o, s, row;
+  hwy::AlignedFreeUniquePtr<float[]> m, l, alpha;
+  hwy::AlignedFreeUniquePtr<TileRow[]> rows;
+
+  Scratch(const AttentionProblem& p, const Geometry& g)
+      : q(hwy::AllocateAligned<float>(g.tile_rows * p.head_dim)),
+        o(hwy::AllocateAligned<float>(g.tile_rows * g.dv_pad)),
+        s(hwy::AllocateAligned<float>(kMaxPanelRows * g.block_kv)),
+        row(hwy::AllocateAligned<float>(std::max(p.head_dim, g.dv_pad))),
+        m(hwy::AllocateAligned<float>(g.tile_rows)),
+        l(hwy::AllocateAligned<float>(g.tile_rows)),
+        alpha(hwy::AllocateAligned<float>(g.tile_rows)),
+        rows(hwy::AllocateAligned<TileRow>(g.tile_rows)) {}
+};
+
+// One task: query positions [q0, q1) of all heads of kv head `kvh`.
+void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kvh, int64_t tile,
+             const float* HWY_RESTRICT kt, const float* HWY_RESTRICT vp, Scratch& w) {
+  const hn::ScalableTag<float> d;
+  const int64_t q0 = tile * g.block_q;
+  const int64_t q1 = std::min(q0 + g.block_q, p.seq_q);
+  const int64_t n_rows = (q1 - q0) * p.group;
+  const size_t elem = dtype_size(p.dtype);
+  const float q_scale = p.scale * (p.softcap > 0 ? 1.0f : kLog2e);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+
+  // 1. Rows: position, head, visible interval; packed scaled Q; empty state.
+  int64_t key_begin = p.seq_kv, key_end = 0;
+  for (int64_t r = 0; r < n_rows; ++r) {
+    TileRow& row = w.rows[r];
+    row.batch = b;
+    row.query = q0 + r / p.group;
+    row.head = kvh * p.group + r % p.group;
+    row.lo = std::max<int64_t>(0, p.key_lo(row.query));
+    row.hi = std::min(p.seq_kv - 1, p.key_hi(row.query));
+    if (row.lo <= row.hi) {
+      key_begin = std::min(key_begin, row.lo);
+      key_end = std::max(key_end, row.hi + 1);
+    }
+    LoadRowScaled(p.dtype,
+                  static_cast<const char*>(p.q) + p.q_stride.offset(b, row.query, row.head) * elem,
+                  p.head_dim, q_scale, w.q.get() + r * p.head_dim);
+    w.m[r] = neg_inf;
+    w.l[r] = 0.0f;
+  }
+  std::fill(w.o.get(), w.o.get() + n_rows * g.dv_pad, 0.0f);
+
+  // 2. Key blocks, aligned to packed panels, covering every visible key.
+  const bool plain = p.softcap == 0 && !p.has_alibi() && !p.has_mask();
+  for (int64_t k0 = key_begin / g.key_panel * g.key_panel; k0 < key_end; k0 += g.block_kv) {
+    const int64_t k1 = std::min(k0 + g.block_kv, key_end);
+    const int64_t n = k1 - k0;
+    const int64_t n_pad = RoundUp(n, g.key_panel);
+    for (int64_t r0 = 0; r0 < n_rows; r0 += kMaxPanelRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMaxPanelRows, n_rows - r0));
+      bool any_visible = false, all_full = true;
+      for (int r = 0; r < rows; ++r) {
+        const TileRow& row = w.rows[r0 + r];
+        any_visible |= row.lo < k1 && row.hi >= k0 && row.lo <= row.hi;
+        all_full &= row.lo <= k0 && row.hi >= k1 - 1;
+      }
+      if (!any_visible) continue;
+      float* s = w.s.get();
+      WithPanelRows(rows, [&](auto kRows) {
+        for (int64_t j = 0; j < n_pad; j += g.key_panel) {
+          QKPanel<kRows()>(d, w.q.get() + r0 * p.head_dim, kt + (k0 + j) * p.head_dim,
+                           p.head_dim, s + j, g.block_kv);
+        }
+      });
+      for (int r = 0; r < rows; ++r) {
+        float* sr = s + r * g.block_kv;
+        if (!plain || !all_full || n < n_pad) {
+          ApplyScoreOptions(d, p, w.rows[r0 + r], k0, n, n_pad, !all_full, sr);
+        }
+        w.alpha[r0 + r] = OnlineSoftmaxRow(d, sr, n_pad, w.m[r0 + r], w.l[r0 + r]);
+      }
+      WithPanelRows(rows, [&](auto kRows) {
+        float* o = w.o.get() + r0 * g.dv_pad;
+        const float* alpha = w.alpha.get() + r0;
+        const float* v = vp + k0 * g.dv_pad;
+        int64_t c = 0;
+        for (; c + 2 * g.lanes <= g.dv_pad; c += 2 * g.lanes) {
+          PVPanel<kRows(), 2>(d, s, g.block_kv, v + c, g.dv_pad, n, alpha, o + c, g.dv_pad);
+        }
+        if (c < g.dv_pad) {
+          PVPanel<kRows(), 1>(d, s, g.block_kv, v + c, g.dv_pad, n, alpha, o + c, g.dv_pad);
+        }
+      });
+    }
+  }
+
+  // 3. Normalize once; fold in the sink; store O and LSE.
+  char* o_base = static_cast<char*>(p.o);
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const TileRow& row = w.rows[r];
+    float m = w.m[r], l = w.l[r];
+    float out_scale = 0.0f, lse = neg_inf;
+    if (l > 0) {
+      if (p.sinks) {
+        const float sink = p.sinks[row.head * p.sinks_stride] * kLog2e;
+        const float m_all = std::max(m, sink);
+        const float rescale = std::exp2(m - m_all);
+        l = l * rescale + std::exp2(sink - m_all);
+        out_scale = rescale / l;
+        m = m_all;
+      } else {
+        out_scale = 1.0f / l;
+      }
+      lse = (m + std::log2(l)) * 0.6931471805599453f;
+    }
+    StoreRowScaled(w.o.get() + r * g.dv_pad, p.head_dim_v, out_scale, p.dtype,
+                   o_base + p.o_stride.offset(b, row.query, row.head) * elem);
+    if (p.lse) {
+      p.lse[b * p.lse_stride_b + row.head * p.lse_stride_h + row.query * p.lse_stride_s] = lse;
+    }
+  }
+}
+
+}  // namespace
+
+void FlashForwardImpl(const AttentionProblem& p) {
+  if (p.batch == 0 || p.seq_q == 0) return;
+  const Geometry g(p);
+  const int64_t pairs = p.batch * p.kv_heads;
+  const int64_t head_floats = g.k_floats + g.v_floats;
+  auto pack = hwy::AllocateAligned<float>(std::max<int64_t>(1, g.heads_per_round * head_floats));
+  const int64_t chunks = std::max<int64_t>(1, CeilDiv(p.seq_kv, kPackChunkKeys));
+  const bool heavy_last = p.causal;  // later query tiles see more keys
+
+#pragma omp parallel num_threads(p.num_threads)
+  {
+    ScopedFlushDenormals flush_denormals;
+    Scratch scratch(p, g);
+    for (int64_t first = 0; first < pairs; first += g.heads_per_round) {
+      const int64_t round = std::min(g.heads_per_round, pairs - first);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < round * chunks; ++t) {
+        const int64_t pair = first + t / chunks;
+        const int64_t j0 = (t % chunks) * kPackChunkKeys;
+        const int64_t j1 = std::min(j0 + kPackChunkKeys, p.seq_kv);
+        float* base = pack.get() + (pair - first) * head_floats;
+        PackKeys(p, g, pair / p.kv_heads, pair % p.kv_heads, j0, j1, base, base + g.k_floats,
+                 scratch.row.get());
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < round * g.q_tiles; ++t) {
+        const int64_t pair = first + t % round;
+        const int64_t order = t / round;
+        const int64_t tile = heavy_last ? g.q_tiles - 1 - order : order;
+        const float* base = pack.get() + (pair - first) * head_floats;
+        RunTile(p, g, pair / p.kv_heads, pair % p.kv_heads, tile, base, base + g.k_floats,
+                scratch);
+      }
+    }
+  }
+}
+
+}  // namespace HWY_NAMESPACE
 }  // namespace qkv::internal
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace qkv::internal {
+
+HWY_EXPORT(FlashForwardImpl);
+
+void flash_forward(const AttentionProblem& problem) noexcept {
+  HWY_DYNAMIC_DISPATCH(FlashForwardImpl)(problem);
+}
+
+std::vector<int64_t> flash_targets() { return hwy::SupportedAndGeneratedTargets(); }
+
+void flash_force_target(int64_t target) { hwy::SetSupportedTargetsForTest(target); }
+
+const char* flash_target_name(int64_t target) { return hwy::TargetName(target); }
+
+}  // namespace qkv::internal
+#endif  // HWY_ONCE

@@ -1,0 +1,106 @@
+// Row conversion between the storage types (float32, float16, bfloat16) and
+// the float32 the kernels compute in. Per-target code.
+
+#if defined(QKV_KERNELS_CONVERT_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef QKV_KERNELS_CONVERT_INL_H_
+#undef QKV_KERNELS_CONVERT_INL_H_
+#else
+#define QKV_KERNELS_CONVERT_INL_H_
+#endif
+
+#include <cstdint>
+
+#include "hwy/highway.h"
+#include "qkv/tensor.h"
+#include "runtime/half.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace qkv::internal {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// out[0, n) = scale * row[0, n), row of storage type `dtype` (not kBool).
+HWY_INLINE void LoadRowScaled(DType dtype, const void* row, int64_t n, float scale,
+                              float* HWY_RESTRICT out) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const auto vscale = hn::Set(d, scale);
+  int64_t i = 0;
+  switch (dtype) {
+    case DType::kFloat32: {
+      const float* src = static_cast<const float*>(row);
+      for (; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, src + i), vscale), d, out + i);
+      for (; i < n; ++i) out[i] = src[i] * scale;
+      break;
+    }
+    case DType::kFloat16: {
+      const hn::Rebind<hwy::float16_t, decltype(d)> dh;
+      const hwy::float16_t* src = static_cast<const hwy::float16_t*>(row);
+      for (; i + N <= n; i += N) {
+        hn::StoreU(hn::Mul(hn::PromoteTo(d, hn::LoadU(dh, src + i)), vscale), d, out + i);
+      }
+      for (; i < n; ++i) out[i] = f32_from_f16(src[i].bits) * scale;
+      break;
+    }
+    case DType::kBFloat16: {
+      const hn::Rebind<hwy::bfloat16_t, decltype(d)> db;
+      const hwy::bfloat16_t* src = static_cast<const hwy::bfloat16_t*>(row);
+      for (; i + N <= n; i += N) {
+        hn::StoreU(hn::Mul(hn::PromoteTo(d, hn::LoadU(db, src + i)), vscale), d, out + i);
+      }
+      for (; i < n; ++i) out[i] = f32_from_bf16(src[i].bits) * scale;
+      break;
+    }
+    case DType::kBool:
+      break;
+  }
+}
+
+// row[0, n) (storage type `dtype`) = scale * in[0, n), rounded to nearest.
+HWY_INLINE void StoreRowScaled(const float* HWY_RESTRICT in, int64_t n, float scale, DType dtype,
+                               void* row) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const auto vscale = hn::Set(d, scale);
+  int64_t i = 0;
+  switch (dtype) {
+    case DType::kFloat32: {
+      float* dst = static_cast<float*>(row);
+      for (; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, in + i), vscale), d, dst + i);
+      for (; i < n; ++i) dst[i] = in[i] * scale;
+      break;
+    }
+    case DType::kFloat16: {
+      const hn::Rebind<hwy::float16_t, decltype(d)> dh;
+      hwy::float16_t* dst = static_cast<hwy::float16_t*>(row);
+      for (; i + N <= n; i += N) {
+        hn::StoreU(hn::DemoteTo(dh, hn::Mul(hn::LoadU(d, in + i), vscale)), dh, dst + i);
+      }
+      for (; i < n; ++i) dst[i].bits = f16_from_f32(in[i] * scale);
+      break;
+    }
+    case DType::kBFloat16: {
+      hwy::bfloat16_t* dst = static_cast<hwy::bfloat16_t*>(row);
+      const hn::RebindToUnsigned<decltype(d)> du;
+      const hn::RebindToSigned<decltype(d)> di;
+      const hn::Rebind<uint16_t, decltype(d)> du16;
+      for (; i + N <= n; i += N) {
+        // Round to nearest even on the bits: add 0x7fff + lsb of the kept half.
+        const auto bits = hn::BitCast(du, hn::Mul(hn::LoadU(d, in + i), vscale));
+        const auto lsb = hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u));
+        const auto rounded = hn::ShiftRight<16>(hn::Add(bits, hn::Add(lsb, hn::Set(du, 0x7fffu))));
+        hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di, rounded)), du16, reinterpret_cast<uint16_t*>(dst) + i);
+      }
+      for (; i < n; ++i) dst[i].bits = bf16_from_f32(in[i] * scale);
+      break;
+    }
+    case DType::kBool:
+      break;
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace qkv::internal
+HWY_AFTER_NAMESPACE();
+
+#endif  // QKV_KERNELS_CONVERT_INL_H_

@@ -1,0 +1,103 @@
+// Register-blocked micro-kernels of the flash forward: S = Q.K^T and
+// O = alpha*O + P.V on panels of up to kMaxPanelRows query rows. Per-target code.
+//
+// Both kernels keep a kRows x 2-vector accumulator block in registers: at
+// kRows = 6 on AVX2 that is 12 ymm accumulators + 2 loads + 1 broadcast = 15
+// of 16 registers, and 12 independent FMA chains cover 2 FMA pipes x 4 cycles
+// of latency. One k-step issues 2 vector loads and kRows broadcasts for
+// 2 * kRows FMAs.
+
+#if defined(QKV_KERNELS_MICROKERNEL_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef QKV_KERNELS_MICROKERNEL_INL_H_
+#undef QKV_KERNELS_MICROKERNEL_INL_H_
+#else
+#define QKV_KERNELS_MICROKERNEL_INL_H_
+#endif
+
+#include <cstdint>
+#include <type_traits>
+
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace qkv::internal {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+inline constexpr int kMaxPanelRows = 6;
+
+// Calls f(std::integral_constant<int, rows>) for rows in [1, kMaxPanelRows].
+template <class F>
+HWY_INLINE void WithPanelRows(int rows, F&& f) {
+  switch (rows) {
+    case 1: f(std::integral_constant<int, 1>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
+    case 4: f(std::integral_constant<int, 4>()); break;
+    case 5: f(std::integral_constant<int, 5>()); break;
+    default: f(std::integral_constant<int, 6>()); break;
+  }
+}
+
+// s[r][0, 2N) = sum_d q[r][d] * kt[d][0, 2N) for r < kRows.
+//   q:  [kRows, head_dim], row stride head_dim
+//   kt: [head_dim, 2N] (one packed key panel: 2N keys, transposed), aligned
+//   s:  [kRows, s_stride], aligned
+template <int kRows, class D>
+HWY_INLINE void QKPanel(D d, const float* HWY_RESTRICT q, const float* HWY_RESTRICT kt,
+                        int64_t head_dim, float* HWY_RESTRICT s, int64_t s_stride) {
+  using V = hn::Vec<D>;
+  const size_t N = hn::Lanes(d);
+  V acc0[kRows], acc1[kRows];
+  for (int r = 0; r < kRows; ++r) {
+    acc0[r] = hn::Zero(d);
+    acc1[r] = hn::Zero(d);
+  }
+  for (int64_t k = 0; k < head_dim; ++k) {
+    const V k0 = hn::Load(d, kt + k * 2 * N);
+    const V k1 = hn::Load(d, kt + k * 2 * N + N);
+    for (int r = 0; r < kRows; ++r) {
+      const V qr = hn::Set(d, q[r * head_dim + k]);
+      acc0[r] = hn::MulAdd(qr, k0, acc0[r]);
+      acc1[r] = hn::MulAdd(qr, k1, acc1[r]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    hn::Store(acc0[r], d, s + r * s_stride);
+    hn::Store(acc1[r], d, s + r * s_stride + N);
+  }
+}
+
+// o[r][c, c + kVecs*N) = alpha[r] * o[r][...] + sum_{j < n} p[r][j] * v[j][...]
+//   p: [kRows, p_stride]; v: [n, v_stride] (packed V rows), o: [kRows, o_stride]
+// invariant kept by the caller: o = sum_j 2^(s_j - m) v_j for the keys so far.
+template <int kRows, int kVecs, class D>
+HWY_INLINE void PVPanel(D d, const float* HWY_RESTRICT p, int64_t p_stride,
+                        const float* HWY_RESTRICT v, int64_t v_stride, int64_t n,
+                        const float* HWY_RESTRICT alpha, float* HWY_RESTRICT o,
+                        int64_t o_stride) {
+  using V = hn::Vec<D>;
+  const size_t N = hn::Lanes(d);
+  V acc[kRows][kVecs];
+  for (int r = 0; r < kRows; ++r) {
+    const V a = hn::Set(d, alpha[r]);
+    for (int c = 0; c < kVecs; ++c) acc[r][c] = hn::Mul(a, hn::Load(d, o + r * o_stride + c * N));
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    V vj[kVecs];
+    for (int c = 0; c < kVecs; ++c) vj[c] = hn::Load(d, v + j * v_stride + c * N);
+    for (int r = 0; r < kRows; ++r) {
+      const V pr = hn::Set(d, p[r * p_stride + j]);
+      for (int c = 0; c < kVecs; ++c) acc[r][c] = hn::MulAdd(pr, vj[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int c = 0; c < kVecs; ++c) hn::Store(acc[r][c], d, o + r * o_stride + c * N);
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace qkv::internal
+HWY_AFTER_NAMESPACE();
+
+#endif  // QKV_KERNELS_MICROKERNEL_INL_H_
