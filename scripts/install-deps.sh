@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages qkv builds and tests with, if any is missing.
+# As root: apt-get installs them. Otherwise: prints the one line to run, exits 1.
+set -euo pipefail
+
+packages=(
+  cmake make g++ pkg-config          # toolchain (OpenMP comes with g++)
+  libhwy-dev                         # Google Highway: SIMD with runtime dispatch
+  libcli11-dev                       # command-line parsing
+  libgtest-dev                       # tests
+  libopenblas-dev                    # the materializing baseline in demo/bench
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+  echo "qkv: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "qkv: missing packages; run this once, then try again:" >&2
+  echo "  sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
