@@ -10,7 +10,7 @@
 //      GQA group (row r = position (r / group), head kv_head * group + r % group),
 //      so one K/V block in L2 serves the whole group.
 //      for each key block [k0, k1) visible to some row of the tile:
-//        for each panel of <= 6 rows:  S = Q.K^T (QKPanel), options and
+//        for each panel of <= 6 rows (12 with 32 registers):  S = Q.K^T (QKPanel), options and
 //          online softmax per row, O = alpha * O + P.V (PVPanel)
 //   3. normalize once per row: O /= l, lse = (m + log2 l) * ln 2.
 // Tile sizes: block_kv x head_dim of K plus V is 128 KiB at head_dim 128 and
@@ -80,7 +80,8 @@ struct Geometry {
     block_q = std::max<int64_t>(1, std::min(block_q, p.seq_q));
     const int64_t dim = std::max(p.head_dim, p.head_dim_v);
     const int64_t auto_kv = std::clamp<int64_t>(16384 / dim, 32, 512);
-    block_kv = RoundUp(p.tiling.block_kv > 0 ? p.tiling.block_kv : auto_kv, key_panel);
+    block_kv = std::min(kMaxBlockKv,
+                        RoundUp(p.tiling.block_kv > 0 ? p.tiling.block_kv : auto_kv, key_panel));
     tile_rows = block_q * p.group;
     q_tiles = CeilDiv(p.seq_q, block_q);
     k_floats = RoundUp(p.seq_kv, key_panel) * p.head_dim;
@@ -124,7 +125,7 @@ struct Scratch {
   Scratch(const AttentionProblem& p, const Geometry& g)
       : q(hwy::AllocateAligned<float>(g.tile_rows * p.head_dim)),
         o(hwy::AllocateAligned<float>(g.tile_rows * g.dv_pad)),
-        s(hwy::AllocateAligned<float>(kMaxPanelRows * g.block_kv)),
+        s(hwy::AllocateAligned<float>(kMaxPanelRows * kScoreStride)),
         row(hwy::AllocateAligned<float>(std::max(p.head_dim, g.dv_pad))),
         m(hwy::AllocateAligned<float>(g.tile_rows)),
         l(hwy::AllocateAligned<float>(g.tile_rows)),
@@ -156,9 +157,15 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
       key_begin = std::min(key_begin, row.lo);
       key_end = std::max(key_end, row.hi + 1);
     }
+    // Q panels of kMaxPanelRows rows, each stored transposed: [head_dim][panel rows].
+    const int64_t r0 = r / kMaxPanelRows * kMaxPanelRows;
+    const int64_t panel_rows = std::min<int64_t>(kMaxPanelRows, n_rows - r0);
+    float* qrow = w.row.get();
     LoadRowScaled(p.dtype,
                   static_cast<const char*>(p.q) + p.q_stride.offset(b, row.query, row.head) * elem,
-                  p.head_dim, q_scale, w.q.get() + r * p.head_dim);
+                  p.head_dim, q_scale, qrow);
+    float* panel = w.q.get() + r0 * p.head_dim + (r - r0);
+    for (int64_t c = 0; c < p.head_dim; ++c) panel[c * panel_rows] = qrow[c];
     w.m[r] = neg_inf;
     w.l[r] = 0.0f;
   }
@@ -183,11 +190,11 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
       WithPanelRows(rows, [&](auto kRows) {
         for (int64_t j = 0; j < n_pad; j += g.key_panel) {
           QKPanel<kRows()>(d, w.q.get() + r0 * p.head_dim, kt + (k0 + j) * p.head_dim,
-                           p.head_dim, s + j, g.block_kv);
+                           p.head_dim, s + j);
         }
       });
       for (int r = 0; r < rows; ++r) {
-        float* sr = s + r * g.block_kv;
+        float* sr = s + r * kScoreStride;
         if (!plain || !all_full || n < n_pad) {
           ApplyScoreOptions(d, p, w.rows[r0 + r], k0, n, n_pad, !all_full, sr);
         }
@@ -199,10 +206,10 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
         const float* v = vp + k0 * g.dv_pad;
         int64_t c = 0;
         for (; c + 2 * g.lanes <= g.dv_pad; c += 2 * g.lanes) {
-          PVPanel<kRows(), 2>(d, s, g.block_kv, v + c, g.dv_pad, n, alpha, o + c, g.dv_pad);
+          PVPanel<kRows(), 2>(d, s, v + c, g.dv_pad, n, alpha, o + c, g.dv_pad);
         }
         if (c < g.dv_pad) {
-          PVPanel<kRows(), 1>(d, s, g.block_kv, v + c, g.dv_pad, n, alpha, o + c, g.dv_pad);
+          PVPanel<kRows(), 1>(d, s, v + c, g.dv_pad, n, alpha, o + c, g.dv_pad);
         }
       });
     }

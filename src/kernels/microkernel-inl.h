@@ -24,7 +24,15 @@ namespace qkv::internal {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// Rows per panel: 6 x 2 vectors = 12 accumulators fit 16 registers (AVX2,
+// SSE4, NEON); targets with 32 vector registers (AVX-512, SVE) take 12 rows
+// (24 accumulators), halving the K/V loads per FMA.
+#if HWY_TARGET <= HWY_AVX3 || HWY_TARGET == HWY_SVE || HWY_TARGET == HWY_SVE2 || \
+    HWY_TARGET == HWY_SVE_256 || HWY_TARGET == HWY_SVE2_128
+inline constexpr int kMaxPanelRows = 12;
+#else
 inline constexpr int kMaxPanelRows = 6;
+#endif
 
 // Calls f(std::integral_constant<int, rows>) for rows in [1, kMaxPanelRows].
 template <class F>
@@ -35,17 +43,35 @@ HWY_INLINE void WithPanelRows(int rows, F&& f) {
     case 3: f(std::integral_constant<int, 3>()); break;
     case 4: f(std::integral_constant<int, 4>()); break;
     case 5: f(std::integral_constant<int, 5>()); break;
+#if HWY_TARGET <= HWY_AVX3 || HWY_TARGET == HWY_SVE || HWY_TARGET == HWY_SVE2 || \
+    HWY_TARGET == HWY_SVE_256 || HWY_TARGET == HWY_SVE2_128
+    case 6: f(std::integral_constant<int, 6>()); break;
+    case 7: f(std::integral_constant<int, 7>()); break;
+    case 8: f(std::integral_constant<int, 8>()); break;
+    case 9: f(std::integral_constant<int, 9>()); break;
+    case 10: f(std::integral_constant<int, 10>()); break;
+    case 11: f(std::integral_constant<int, 11>()); break;
+    default: f(std::integral_constant<int, 12>()); break;
+#else
     default: f(std::integral_constant<int, 6>()); break;
+#endif
   }
 }
 
-// s[r][0, 2N) = sum_d q[r][d] * kt[d][0, 2N) for r < kRows.
-//   q:  [kRows, head_dim], row stride head_dim
+// Row stride (floats) of the score panel: a compile-time constant so the
+// kernels address all rows from one base register (12 row pointers would not
+// fit the general-purpose registers next to the loop state). 16 floats of
+// padding keep consecutive rows off the same 4 KiB-aliased cache sets.
+inline constexpr int64_t kMaxBlockKv = 512;
+inline constexpr int64_t kScoreStride = kMaxBlockKv + 16;
+
+// s[r][0, 2N) = sum_k q[k][r] * kt[k][0, 2N) for r < kRows.
+//   q:  [head_dim, kRows] (one packed query panel, transposed)
 //   kt: [head_dim, 2N] (one packed key panel: 2N keys, transposed), aligned
-//   s:  [kRows, s_stride], aligned
+//   s:  [kRows, kScoreStride], aligned
 template <int kRows, class D>
 HWY_INLINE void QKPanel(D d, const float* HWY_RESTRICT q, const float* HWY_RESTRICT kt,
-                        int64_t head_dim, float* HWY_RESTRICT s, int64_t s_stride) {
+                        int64_t head_dim, float* HWY_RESTRICT s) {
   using V = hn::Vec<D>;
   const size_t N = hn::Lanes(d);
   V acc0[kRows], acc1[kRows];
@@ -57,23 +83,22 @@ HWY_INLINE void QKPanel(D d, const float* HWY_RESTRICT q, const float* HWY_RESTR
     const V k0 = hn::Load(d, kt + k * 2 * N);
     const V k1 = hn::Load(d, kt + k * 2 * N + N);
     for (int r = 0; r < kRows; ++r) {
-      const V qr = hn::Set(d, q[r * head_dim + k]);
+      const V qr = hn::Set(d, q[k * kRows + r]);
       acc0[r] = hn::MulAdd(qr, k0, acc0[r]);
       acc1[r] = hn::MulAdd(qr, k1, acc1[r]);
     }
   }
   for (int r = 0; r < kRows; ++r) {
-    hn::Store(acc0[r], d, s + r * s_stride);
-    hn::Store(acc1[r], d, s + r * s_stride + N);
+    hn::Store(acc0[r], d, s + r * kScoreStride);
+    hn::Store(acc1[r], d, s + r * kScoreStride + N);
   }
 }
 
 // o[r][c, c + kVecs*N) = alpha[r] * o[r][...] + sum_{j < n} p[r][j] * v[j][...]
-//   p: [kRows, p_stride]; v: [n, v_stride] (packed V rows), o: [kRows, o_stride]
+//   p: [kRows, kScoreStride]; v: [n, v_stride] (packed V rows), o: [kRows, o_stride]
 // invariant kept by the caller: o = sum_j 2^(s_j - m) v_j for the keys so far.
 template <int kRows, int kVecs, class D>
-HWY_INLINE void PVPanel(D d, const float* HWY_RESTRICT p, int64_t p_stride,
-                        const float* HWY_RESTRICT v, int64_t v_stride, int64_t n,
+HWY_INLINE void PVPanel(D d, const float* HWY_RESTRICT p, const float* HWY_RESTRICT v, int64_t v_stride, int64_t n,
                         const float* HWY_RESTRICT alpha, float* HWY_RESTRICT o,
                         int64_t o_stride) {
   using V = hn::Vec<D>;
@@ -87,7 +112,7 @@ HWY_INLINE void PVPanel(D d, const float* HWY_RESTRICT p, int64_t p_stride,
     V vj[kVecs];
     for (int c = 0; c < kVecs; ++c) vj[c] = hn::Load(d, v + j * v_stride + c * N);
     for (int r = 0; r < kRows; ++r) {
-      const V pr = hn::Set(d, p[r * p_stride + j]);
+      const V pr = hn::Set(d, p[r * kScoreStride + j]);
       for (int c = 0; c < kVecs; ++c) acc[r][c] = hn::MulAdd(pr, vj[c], acc[r][c]);
     }
   }
