@@ -27,9 +27,14 @@ HWY_INLINE V Exp2NonPositive(D d, V x) {
   const hn::RebindToSigned<D> di;
   const V lowest = hn::Set(d, -126.0f);
   const auto underflow = x < lowest;
-  x = hn::Max(x, lowest);  // also maps -inf and NaN-free: keeps n in range
-  const V n = hn::Round(x);
-  const V f = hn::Sub(x, n);
+  x = hn::Max(x, lowest);  // maps -inf too: keeps n in [-126, 0]
+  // Adding 1.5 * 2^23 rounds x to an integer n (ties to even) held in the low
+  // mantissa bits of t; the +127 bias makes those bits the biased exponent of
+  // 2^n. Cheaper than round + convert, and exact for |x| < 2^22.
+  const V magic = hn::Set(d, 12582912.0f + 127.0f);
+  const V t = hn::Add(x, magic);
+  const V n = hn::Sub(t, magic);
+  const V f = hn::Sub(x, n);  // in [-0.5, 0.5]
   V p = hn::Set(d, 1.535349293e-04f);
   p = hn::MulAdd(p, f, hn::Set(d, 1.339887269e-03f));
   p = hn::MulAdd(p, f, hn::Set(d, 9.618436918e-03f));
@@ -37,10 +42,9 @@ HWY_INLINE V Exp2NonPositive(D d, V x) {
   p = hn::MulAdd(p, f, hn::Set(d, 2.402264774e-01f));
   p = hn::MulAdd(p, f, hn::Set(d, 6.931471825e-01f));
   p = hn::MulAdd(p, f, hn::Set(d, 1.0f));
-  // 2^n for n in [-126, 0]: biased exponent n + 127 in bits 23..30.
-  const auto bits = hn::ShiftLeft<23>(hn::Add(hn::ConvertTo(di, n), hn::Set(di, 127)));
-  const V result = hn::Mul(p, hn::BitCast(d, bits));
-  return hn::IfThenZeroElse(underflow, result);
+  // Low bits of t = n + 127 in [1, 127]; shifted into bits 23..30 they are 2^n.
+  const V pow2n = hn::BitCast(d, hn::ShiftLeft<23>(hn::BitCast(di, t)));
+  return hn::IfThenZeroElse(underflow, hn::Mul(p, pow2n));
 }
 
 }  // namespace HWY_NAMESPACE

@@ -3,8 +3,9 @@
 //
 // Loop order, for each round of (batch, kv head) pairs whose packed K/V fit
 // the pack budget:
-//   1. pack K^T as [seq_kv / 2N][head_dim][2N] and V as [seq_kv][head_dim_v
-//      rounded up to N], converted to float32, once per (batch, kv head);
+//   1. pack K^T as [seq_kv / 2N][head_dim][2N] and V as column panels
+//      [head_dim_v / 2N][seq_kv][2N] (head_dim_v rounded up to N), converted
+//      to float32, once per (batch, kv head);
 //   2. tasks = (kv head, query tile), heaviest causal tiles first, dynamic
 //      schedule. A task's rows are the query positions of its tile times the
 //      GQA group (row r = position (r / group), head kv_head * group + r % group),
@@ -103,9 +104,15 @@ void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t k
     LoadRowScaled(p.dtype, k_base + p.k_stride.offset(b, j, kvh) * elem, p.head_dim, 1.0f, row);
     float* panel = kt + (j / g.key_panel) * p.head_dim * g.key_panel + j % g.key_panel;
     for (int64_t c = 0; c < p.head_dim; ++c) panel[c * g.key_panel] = row[c];
-    float* vrow = vp + j * g.dv_pad;
+    // V in column panels: columns [c, c + w) of every key stored together as
+    // [seq_kv][w] at vp + c * seq_kv, so P.V streams one contiguous panel.
+    float* vrow = row + g.dv_pad;
     LoadRowScaled(p.dtype, v_base + p.v_stride.offset(b, j, kvh) * elem, p.head_dim_v, 1.0f, vrow);
     std::fill(vrow + p.head_dim_v, vrow + g.dv_pad, 0.0f);
+    for (int64_t c = 0; c < g.dv_pad; c += g.key_panel) {
+      const int64_t w = std::min(g.key_panel, g.dv_pad - c);
+      std::copy(vrow + c, vrow + c + w, vp + c * p.seq_kv + j * w);
+    }
   }
   // Zero the padding keys of the last panel so their products are finite.
   if (j1 == p.seq_kv) {
@@ -126,7 +133,7 @@ struct Scratch {
       : q(hwy::AllocateAligned<float>(g.tile_rows * p.head_dim)),
         o(hwy::AllocateAligned<float>(g.tile_rows * g.dv_pad)),
         s(hwy::AllocateAligned<float>(kMaxPanelRows * kScoreStride)),
-        row(hwy::AllocateAligned<float>(std::max(p.head_dim, g.dv_pad))),
+        row(hwy::AllocateAligned<float>(p.head_dim + g.dv_pad)),
         m(hwy::AllocateAligned<float>(g.tile_rows)),
         l(hwy::AllocateAligned<float>(g.tile_rows)),
         alpha(hwy::AllocateAligned<float>(g.tile_rows)),
@@ -203,13 +210,14 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
       WithPanelRows(rows, [&](auto kRows) {
         float* o = w.o.get() + r0 * g.dv_pad;
         const float* alpha = w.alpha.get() + r0;
-        const float* v = vp + k0 * g.dv_pad;
         int64_t c = 0;
         for (; c + 2 * g.lanes <= g.dv_pad; c += 2 * g.lanes) {
-          PVPanel<kRows(), 2>(d, s, v + c, g.dv_pad, n, alpha, o + c, g.dv_pad);
+          const float* v = vp + c * p.seq_kv + k0 * 2 * g.lanes;
+          PVPanel<kRows(), 2>(d, s, v, 2 * g.lanes, n, alpha, o + c, g.dv_pad);
         }
         if (c < g.dv_pad) {
-          PVPanel<kRows(), 1>(d, s, v + c, g.dv_pad, n, alpha, o + c, g.dv_pad);
+          const float* v = vp + c * p.seq_kv + k0 * g.lanes;
+          PVPanel<kRows(), 1>(d, s, v, g.lanes, n, alpha, o + c, g.dv_pad);
         }
       });
     }
