@@ -9,8 +9,10 @@
 // kv_heads must divide heads; query head h reads KV head h / (heads / kv_heads)
 // (GQA; MQA when kv_heads == 1), without copying K or V.
 //
-// Semantics, for query row i of head h and key j (all in float32 storage,
-// accumulation at least float32):
+// q, k, v and o share one storage type: float32, float16 or bfloat16
+// (accumulation is float32 or wider whatever the storage).
+//
+// Semantics, for query row i of head h and key j:
 //   s = scale * q_i . k_j
 //   softcap c > 0:  s = c * tanh(s / c)
 //   visible(i, j):  causal bottom-right  j <= i + seq_kv - seq_q

@@ -67,8 +67,8 @@ AttentionProblem make_problem(const AttentionParams& p) {
   pr.kv_heads = p.k.shape[2];
   pr.head_dim_v = p.v.shape[3];
 
-  if (p.q.dtype != DType::kFloat32) {
-    fail("q dtype (", dtype_name(p.q.dtype), ") is not supported; use float32");
+  if (p.q.dtype == DType::kBool) {
+    fail("q dtype (bool) is not supported; use float32, float16 or bfloat16");
   }
   for (const auto& [t, name] : {std::pair{&p.k, "k"}, {&p.v, "v"}, {&p.o, "o"}}) {
     if (t->dtype != p.q.dtype) {

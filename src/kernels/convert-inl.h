@@ -71,11 +71,15 @@ HWY_INLINE void StoreRowScaled(const float* HWY_RESTRICT in, int64_t n, float sc
       break;
     }
     case DType::kFloat16: {
-      const hn::Rebind<hwy::float16_t, decltype(d)> dh;
       hwy::float16_t* dst = static_cast<hwy::float16_t*>(row);
+#if (HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2) || HWY_ARCH_ARM
+      // Hardware conversion (F16C, NEON) rounds to nearest even; Highway's
+      // emulation on other targets truncates, so those take the scalar path.
+      const hn::Rebind<hwy::float16_t, decltype(d)> dh;
       for (; i + N <= n; i += N) {
         hn::StoreU(hn::DemoteTo(dh, hn::Mul(hn::LoadU(d, in + i), vscale)), dh, dst + i);
       }
+#endif
       for (; i < n; ++i) dst[i].bits = f16_from_f32(in[i] * scale);
       break;
     }

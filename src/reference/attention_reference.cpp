@@ -10,11 +10,27 @@
 #include <limits>
 #include <vector>
 
+#include "runtime/half.h"
+
 namespace qkv::internal {
 namespace {
 
-double load(const void* base, int64_t offset) {
-  return static_cast<const float*>(base)[offset];
+// Element `offset` of a tensor of storage type `dtype`, widened to double.
+double load(const void* base, DType dtype, int64_t offset) {
+  switch (dtype) {
+    case DType::kFloat16: return f32_from_f16(static_cast<const uint16_t*>(base)[offset]);
+    case DType::kBFloat16: return f32_from_bf16(static_cast<const uint16_t*>(base)[offset]);
+    default: return static_cast<const float*>(base)[offset];
+  }
+}
+
+void store(void* base, DType dtype, int64_t offset, double value) {
+  const float f = static_cast<float>(value);
+  switch (dtype) {
+    case DType::kFloat16: static_cast<uint16_t*>(base)[offset] = f16_from_f32(f); break;
+    case DType::kBFloat16: static_cast<uint16_t*>(base)[offset] = bf16_from_f32(f); break;
+    default: static_cast<float*>(base)[offset] = f; break;
+  }
 }
 
 bool visible(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
@@ -53,7 +69,7 @@ void attention_reference(const AttentionProblem& p) {
           }
           const int64_t k_off = p.k_stride.offset(b, j, kvh);
           double dot = 0;
-          for (int64_t d = 0; d < p.head_dim; ++d) dot += load(p.q, q_off + d) * load(p.k, k_off + d);
+          for (int64_t d = 0; d < p.head_dim; ++d) dot += load(p.q, p.dtype, q_off + d) * load(p.k, p.dtype, k_off + d);
           double score = static_cast<double>(p.scale) * dot;
           if (p.softcap > 0) score = p.softcap * std::tanh(score / p.softcap);
           if (p.alibi) score -= p.alibi_slope(b, h) * std::fabs(static_cast<double>(i + diag - j));
@@ -73,7 +89,7 @@ void attention_reference(const AttentionProblem& p) {
             const double w = std::exp(s[j] - row_max);
             sum += w;
             const int64_t v_off = p.v_stride.offset(b, j, kvh);
-            for (int64_t d = 0; d < p.head_dim_v; ++d) acc[d] += w * load(p.v, v_off + d);
+            for (int64_t d = 0; d < p.head_dim_v; ++d) acc[d] += w * load(p.v, p.dtype, v_off + d);
           }
         }
         double lse = kNegInf;
@@ -90,9 +106,9 @@ void attention_reference(const AttentionProblem& p) {
         }
 
         // 3. Normalize and store. An empty row stays 0 with lse -inf.
-        float* o = static_cast<float*>(p.o) + p.o_stride.offset(b, i, h);
+        const int64_t o_off = p.o_stride.offset(b, i, h);
         for (int64_t d = 0; d < p.head_dim_v; ++d) {
-          o[d] = sum > 0 ? static_cast<float>(acc[d] / sum) : 0.0f;
+          store(p.o, p.dtype, o_off + d, sum > 0 ? acc[d] / sum : 0.0);
         }
         if (p.lse) {
           p.lse[b * p.lse_stride_b + h * p.lse_stride_h + i * p.lse_stride_s] = static_cast<float>(lse);
