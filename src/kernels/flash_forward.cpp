@@ -106,7 +106,7 @@ void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t k
     for (int64_t c = 0; c < p.head_dim; ++c) panel[c * g.key_panel] = row[c];
     // V in column panels: columns [c, c + w) of every key stored together as
     // [seq_kv][w] at vp + c * seq_kv, so P.V streams one contiguous panel.
-    float* vrow = row + g.dv_pad;
+    float* vrow = row + p.head_dim;
     LoadRowScaled(p.dtype, v_base + p.v_stride.offset(b, j, kvh) * elem, p.head_dim_v, 1.0f, vrow);
     std::fill(vrow + p.head_dim_v, vrow + g.dv_pad, 0.0f);
     for (int64_t c = 0; c < g.dv_pad; c += g.key_panel) {

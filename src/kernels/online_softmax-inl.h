@@ -13,6 +13,7 @@
 #define QKV_KERNELS_ONLINE_SOFTMAX_INL_H_
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -74,8 +75,15 @@ HWY_INLINE void ApplyScoreOptions(D d, const AttentionProblem& p, const TileRow&
         if (m[j * step] == 0) s[j] = -std::numeric_limits<float>::infinity();
       }
     } else {
+      // A finite mask value stays finite: -FLT_MAX * log2(e) would overflow to
+      // -inf and turn "very unlikely" into "invisible" (a row of only
+      // -FLT_MAX is uniform attention, as in the reference).
+      constexpr float kMax = std::numeric_limits<float>::max();
       const float* m = static_cast<const float*>(p.mask) + base;
-      for (int64_t j = 0; j < n; ++j) s[j] += m[j * step] * kLog2e;
+      for (int64_t j = 0; j < n; ++j) {
+        const float add = m[j * step];
+        s[j] = std::isinf(add) ? s[j] + add : std::clamp(s[j] + add * kLog2e, -kMax, kMax);
+      }
     }
   }
   if (interval_mask || n < n_pad) {
