@@ -9,6 +9,7 @@ packages=(
   libcli11-dev                       # command-line parsing
   libgtest-dev                       # tests
   libopenblas-dev                    # the materializing baseline in demo/bench
+  libbenchmark-dev                   # micro-benchmarks of the kernels
 )
 
 missing=()
