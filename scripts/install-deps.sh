@@ -10,6 +10,8 @@ packages=(
   libgtest-dev                       # tests
   libopenblas-dev                    # the materializing baseline in demo/bench
   libbenchmark-dev                   # micro-benchmarks of the kernels
+  python3 python3-dev python3-venv   # the Python package (make python): headers, venv
+  python3-pip                        #   and pip, which brings nanobind and numpy from PyPI
 )
 
 missing=()

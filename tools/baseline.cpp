@@ -177,8 +177,8 @@ void materialized_attention(const AttentionParams& params) {
   // 2-3. Mask and softmax, row by row.
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t i = r % p.seq_q;
-    softmax_row(scores.get() + r * p.seq_kv, p.seq_kv, p.key_lo(i), p.key_hi(i));
+    const int64_t i = r % p.seq_q, b = r / (p.seq_q * p.heads);
+    softmax_row(scores.get() + r * p.seq_kv, p.seq_kv, p.key_lo(b, i), p.key_hi(b, i));
   }
 
   // 4. O = P V.

@@ -17,6 +17,7 @@ class CommandError : public std::runtime_error {
 };
 
 void register_attend(CLI::App& app);  // attend_command.cpp
+void register_bench(CLI::App& app);   // bench_command.cpp
 void register_demo(CLI::App& app);    // demo_command.cpp
 
 }  // namespace qkv::tools

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", qkv::kVersion);
   app.require_subcommand(1);
   qkv::tools::register_attend(app);
+  qkv::tools::register_bench(app);
   qkv::tools::register_demo(app);
   try {
     app.parse(argc, argv);

@@ -42,9 +42,11 @@ enum class CausalAlign : uint8_t {
 };
 
 enum class Backend : uint8_t {
-  kAuto,       // the fastest implementation for the call (today: flash)
+  kAuto,       // the fastest implementation for the call (flash or decode)
   kReference,  // the oracle: plain loops in double precision
   kFlash,      // tiled online-softmax kernel, SIMD with runtime dispatch
+  kDecode,     // split-KV streaming kernel for few query rows (what kAuto picks
+               // when seq_q * heads / kv_heads <= 16)
 };
 
 // Sliding window around the diagonal; -1 = unbounded on that side.

@@ -3,5 +3,7 @@
 
 #include "qkv/attention.h"  // IWYU pragma: export
 #include "qkv/error.h"      // IWYU pragma: export
+#include "qkv/kv_cache.h"   // IWYU pragma: export
+#include "qkv/rope.h"       // IWYU pragma: export
 #include "qkv/tensor.h"     // IWYU pragma: export
 #include "qkv/version.h"    // IWYU pragma: export

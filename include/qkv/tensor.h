@@ -15,6 +15,7 @@ enum class DType : uint8_t {
   kFloat16,   // IEEE binary16
   kBFloat16,  // upper 16 bits of a float32
   kBool,      // one byte, nonzero = true (masks only)
+  kInt8,      // signed byte with a float32 scale per (token, kv head) (KV cache only)
 };
 
 // Bytes per element, and a lower-case name ("float32", "float16", ...).

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "qkv/attention.h"
+#include "qkv/kv_cache.h"
 
 namespace qkv::internal {
 
@@ -24,12 +25,19 @@ struct AttentionProblem {
   int64_t batch = 0, seq_q = 0, seq_kv = 0, heads = 0, kv_heads = 0;
   int64_t head_dim = 0, head_dim_v = 0, group = 0;  // group = heads / kv_heads
 
-  DType dtype = DType::kFloat32;  // of q, k, v and o
+  DType dtype = DType::kFloat32;  // of q and o (and of k, v unless kv_dtype differs)
+  DType kv_dtype = DType::kFloat32;  // of k and v: also int8 when they come from a cache
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
   void* o = nullptr;
   Bshd q_stride, k_stride, v_stride, o_stride;
+
+  // K/V from a (paged) cache instead of k/v tensors: token j of batch b is
+  // entry cache->token_index(b, j) of the pools; int8 rows carry a scale.
+  const KVCache* cache = nullptr;
+  // Keys of batch b: [0, kv_len[b]) (cache lengths); nullptr = seq_kv for all.
+  const int64_t* kv_len = nullptr;
 
   float* lse = nullptr;  // optional [batch, heads, seq_q]
   int64_t lse_stride_b = 0, lse_stride_h = 0, lse_stride_s = 0;
@@ -56,24 +64,35 @@ struct AttentionProblem {
   int num_threads = 1;  // resolved: >= 1
   Tiling tiling;
 
+  // Keys of batch b.
+  int64_t keys(int64_t b) const { return kv_len ? kv_len[b] : seq_kv; }
   // Offset that aligns query i with key i + diag (bottom-right alignment).
-  int64_t diag() const { return seq_kv - seq_q; }
+  int64_t diag(int64_t b) const { return keys(b) - seq_q; }
 
-  // First visible key for query row i (may exceed key_hi: row empty).
-  int64_t key_lo(int64_t i) const {
+  // First visible key for query row i of batch b (may exceed key_hi: row empty).
+  int64_t key_lo(int64_t b, int64_t i) const {
     int64_t lo = 0;
-    if (window_left >= 0) lo = std::max(lo, i + diag() - window_left);
+    if (window_left >= 0) lo = std::max(lo, i + diag(b) - window_left);
     return lo;
   }
-  // Last visible key for query row i (may be < 0: row empty).
-  int64_t key_hi(int64_t i) const {
-    int64_t hi = seq_kv - 1;
-    if (window_right >= 0) hi = std::min(hi, i + diag() + window_right);
+  // Last visible key for query row i of batch b (may be < 0: row empty).
+  int64_t key_hi(int64_t b, int64_t i) const {
+    int64_t hi = keys(b) - 1;
+    if (window_right >= 0) hi = std::min(hi, i + diag(b) + window_right);
     if (causal) {
-      hi = std::min(hi, causal_align == CausalAlign::kBottomRight ? i + diag() : i);
+      hi = std::min(hi, causal_align == CausalAlign::kBottomRight ? i + diag(b) : i);
     }
     return hi;
   }
+
+  // Key (or value) j of batch b, kv head h: where its row starts and the
+  // factor that turns stored values into real ones (1 unless int8).
+  struct Row {
+    const void* data;
+    float scale;
+  };
+  Row key_row(int64_t b, int64_t j, int64_t h) const;
+  Row value_row(int64_t b, int64_t j, int64_t h) const;
   bool has_alibi() const { return alibi != nullptr; }
   bool has_mask() const { return mask != nullptr; }
   float alibi_slope(int64_t b, int64_t h) const {
@@ -83,5 +102,27 @@ struct AttentionProblem {
     return b * mask_stride[0] + h * mask_stride[1] + i * mask_stride[2] + j * mask_stride[3];
   }
 };
+
+inline AttentionProblem::Row AttentionProblem::key_row(int64_t b, int64_t j, int64_t h) const {
+  const size_t elem = dtype_size(kv_dtype);
+  if (cache == nullptr) {
+    return {static_cast<const char*>(k) + k_stride.offset(b, j, h) * elem, 1.0f};
+  }
+  const int64_t slot = cache->token_index(b, j) * kv_heads + h;
+  const float* scales = cache->k_scales();
+  return {static_cast<const char*>(cache->k_data()) + slot * head_dim * elem,
+          scales ? scales[slot] : 1.0f};
+}
+
+inline AttentionProblem::Row AttentionProblem::value_row(int64_t b, int64_t j, int64_t h) const {
+  const size_t elem = dtype_size(kv_dtype);
+  if (cache == nullptr) {
+    return {static_cast<const char*>(v) + v_stride.offset(b, j, h) * elem, 1.0f};
+  }
+  const int64_t slot = cache->token_index(b, j) * kv_heads + h;
+  const float* scales = cache->v_scales();
+  return {static_cast<const char*>(cache->v_data()) + slot * head_dim_v * elem,
+          scales ? scales[slot] : 1.0f};
+}
 
 }  // namespace qkv::internal

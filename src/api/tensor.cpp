@@ -11,6 +11,7 @@ size_t dtype_size(DType dtype) {
     case DType::kFloat16: return 2;
     case DType::kBFloat16: return 2;
     case DType::kBool: return 1;
+    case DType::kInt8: return 1;
   }
   return 0;
 }
@@ -21,6 +22,7 @@ const char* dtype_name(DType dtype) {
     case DType::kFloat16: return "float16";
     case DType::kBFloat16: return "bfloat16";
     case DType::kBool: return "bool";
+    case DType::kInt8: return "int8";
   }
   return "unknown";
 }

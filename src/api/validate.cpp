@@ -67,8 +67,8 @@ AttentionProblem make_problem(const AttentionParams& p) {
   pr.kv_heads = p.k.shape[2];
   pr.head_dim_v = p.v.shape[3];
 
-  if (p.q.dtype == DType::kBool) {
-    fail("q dtype (bool) is not supported; use float32, float16 or bfloat16");
+  if (p.q.dtype == DType::kBool || p.q.dtype == DType::kInt8) {
+    fail("q dtype (", dtype_name(p.q.dtype), ") is not supported; use float32, float16 or bfloat16");
   }
   for (const auto& [t, name] : {std::pair{&p.k, "k"}, {&p.v, "v"}, {&p.o, "o"}}) {
     if (t->dtype != p.q.dtype) {
@@ -101,6 +101,7 @@ AttentionProblem make_problem(const AttentionParams& p) {
          pr.batch, ", ", pr.seq_q, ", ", pr.heads, ", ", pr.head_dim_v, "]");
   }
   pr.dtype = p.q.dtype;
+  pr.kv_dtype = p.q.dtype;
   pr.q = p.q.data;
   pr.k = p.k.data;
   pr.v = p.v.data;

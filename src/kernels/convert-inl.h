@@ -19,7 +19,8 @@ namespace qkv::internal {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// out[0, n) = scale * row[0, n), row of storage type `dtype` (not kBool).
+// out[0, n) = scale * row[0, n), row of storage type `dtype` (not kBool; for
+// kInt8 `scale` carries the row's quantization scale).
 HWY_INLINE void LoadRowScaled(DType dtype, const void* row, int64_t n, float scale,
                               float* HWY_RESTRICT out) {
   const hn::ScalableTag<float> d;
@@ -51,12 +52,43 @@ HWY_INLINE void LoadRowScaled(DType dtype, const void* row, int64_t n, float sca
       for (; i < n; ++i) out[i] = f32_from_bf16(src[i].bits) * scale;
       break;
     }
+    case DType::kInt8: {
+      const hn::Rebind<int8_t, decltype(d)> d8;
+      const hn::Rebind<int32_t, decltype(d)> d32;
+      const int8_t* src = static_cast<const int8_t*>(row);
+      for (; i + N <= n; i += N) {
+        const auto wide = hn::PromoteTo(d32, hn::LoadU(d8, src + i));
+        hn::StoreU(hn::Mul(hn::ConvertTo(d, wide), vscale), d, out + i);
+      }
+      for (; i < n; ++i) out[i] = static_cast<float>(src[i]) * scale;
+      break;
+    }
     case DType::kBool:
       break;
   }
 }
 
-// row[0, n) (storage type `dtype`) = scale * in[0, n), rounded to nearest.
+// N floats from element i of a row of storage type kDtype (any but kBool);
+// int8 values come back unscaled.
+template <DType kDtype, class D>
+HWY_INLINE hn::Vec<D> LoadAsFloat(D d, const void* HWY_RESTRICT row, int64_t i) {
+  if constexpr (kDtype == DType::kFloat16) {
+    const hn::Rebind<hwy::float16_t, D> dh;
+    return hn::PromoteTo(d, hn::LoadU(dh, static_cast<const hwy::float16_t*>(row) + i));
+  } else if constexpr (kDtype == DType::kBFloat16) {
+    const hn::Rebind<hwy::bfloat16_t, D> db;
+    return hn::PromoteTo(d, hn::LoadU(db, static_cast<const hwy::bfloat16_t*>(row) + i));
+  } else if constexpr (kDtype == DType::kInt8) {
+    const hn::Rebind<int8_t, D> d8;
+    const hn::Rebind<int32_t, D> d32;
+    return hn::ConvertTo(d, hn::PromoteTo(d32, hn::LoadU(d8, static_cast<const int8_t*>(row) + i)));
+  } else {
+    return hn::LoadU(d, static_cast<const float*>(row) + i);
+  }
+}
+
+// row[0, n) (storage type `dtype`: float32, float16 or bfloat16) = scale * in[0, n),
+// rounded to nearest.
 HWY_INLINE void StoreRowScaled(const float* HWY_RESTRICT in, int64_t n, float scale, DType dtype,
                                void* row) {
   const hn::ScalableTag<float> d;
@@ -98,6 +130,7 @@ HWY_INLINE void StoreRowScaled(const float* HWY_RESTRICT in, int64_t n, float sc
       for (; i < n; ++i) dst[i].bits = bf16_from_f32(in[i] * scale);
       break;
     }
+    case DType::kInt8:
     case DType::kBool:
       break;
   }

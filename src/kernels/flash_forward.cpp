@@ -93,21 +93,23 @@ struct Geometry {
   }
 };
 
-// Packs keys [j0, j1) of one (batch, kv head): K^T panels and V rows.
+// Packs keys [j0, min(j1, keys(b))) of one (batch, kv head): K^T panels and
+// V column panels.
 void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kvh, int64_t j0,
               int64_t j1, float* HWY_RESTRICT kt, float* HWY_RESTRICT vp,
               float* HWY_RESTRICT row) {
-  const size_t elem = dtype_size(p.dtype);
-  const char* k_base = static_cast<const char*>(p.k);
-  const char* v_base = static_cast<const char*>(p.v);
+  const int64_t keys = p.keys(b);
+  j1 = std::min(j1, keys);
   for (int64_t j = j0; j < j1; ++j) {
-    LoadRowScaled(p.dtype, k_base + p.k_stride.offset(b, j, kvh) * elem, p.head_dim, 1.0f, row);
+    const AttentionProblem::Row key = p.key_row(b, j, kvh);
+    LoadRowScaled(p.kv_dtype, key.data, p.head_dim, key.scale, row);
     float* panel = kt + (j / g.key_panel) * p.head_dim * g.key_panel + j % g.key_panel;
     for (int64_t c = 0; c < p.head_dim; ++c) panel[c * g.key_panel] = row[c];
     // V in column panels: columns [c, c + w) of every key stored together as
     // [seq_kv][w] at vp + c * seq_kv, so P.V streams one contiguous panel.
     float* vrow = row + p.head_dim;
-    LoadRowScaled(p.dtype, v_base + p.v_stride.offset(b, j, kvh) * elem, p.head_dim_v, 1.0f, vrow);
+    const AttentionProblem::Row value = p.value_row(b, j, kvh);
+    LoadRowScaled(p.kv_dtype, value.data, p.head_dim_v, value.scale, vrow);
     std::fill(vrow + p.head_dim_v, vrow + g.dv_pad, 0.0f);
     for (int64_t c = 0; c < g.dv_pad; c += g.key_panel) {
       const int64_t w = std::min(g.key_panel, g.dv_pad - c);
@@ -115,8 +117,8 @@ void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t k
     }
   }
   // Zero the padding keys of the last panel so their products are finite.
-  if (j1 == p.seq_kv) {
-    for (int64_t j = p.seq_kv; j < RoundUp(p.seq_kv, g.key_panel); ++j) {
+  if (j0 <= j1 && j1 == keys) {
+    for (int64_t j = keys; j < RoundUp(keys, g.key_panel); ++j) {
       float* panel = kt + (j / g.key_panel) * p.head_dim * g.key_panel + j % g.key_panel;
       for (int64_t c = 0; c < p.head_dim; ++c) panel[c * g.key_panel] = 0.0f;
     }
@@ -148,7 +150,7 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
   const int64_t q1 = std::min(q0 + g.block_q, p.seq_q);
   const int64_t n_rows = (q1 - q0) * p.group;
   const size_t elem = dtype_size(p.dtype);
-  const float q_scale = p.scale * (p.softcap > 0 ? 1.0f : kLog2e);
+  const ScoreUnits units(p);
   const float neg_inf = -std::numeric_limits<float>::infinity();
 
   // 1. Rows: position, head, visible interval; packed scaled Q; empty state.
@@ -158,8 +160,8 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
     row.batch = b;
     row.query = q0 + r / p.group;
     row.head = kvh * p.group + r % p.group;
-    row.lo = std::max<int64_t>(0, p.key_lo(row.query));
-    row.hi = std::min(p.seq_kv - 1, p.key_hi(row.query));
+    row.lo = std::max<int64_t>(0, p.key_lo(b, row.query));
+    row.hi = p.key_hi(b, row.query);
     if (row.lo <= row.hi) {
       key_begin = std::min(key_begin, row.lo);
       key_end = std::max(key_end, row.hi + 1);
@@ -170,7 +172,7 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
     float* qrow = w.row.get();
     LoadRowScaled(p.dtype,
                   static_cast<const char*>(p.q) + p.q_stride.offset(b, row.query, row.head) * elem,
-                  p.head_dim, q_scale, qrow);
+                  p.head_dim, units.q_scale, qrow);
     float* panel = w.q.get() + r0 * p.head_dim + (r - r0);
     for (int64_t c = 0; c < p.head_dim; ++c) panel[c * panel_rows] = qrow[c];
     w.m[r] = neg_inf;
@@ -203,9 +205,9 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
       for (int r = 0; r < rows; ++r) {
         float* sr = s + r * kScoreStride;
         if (!plain || !all_full || n < n_pad) {
-          ApplyScoreOptions(d, p, w.rows[r0 + r], k0, n, n_pad, !all_full, sr);
+          ApplyScoreOptions(d, p, units, w.rows[r0 + r], k0, n, n_pad, !all_full, sr);
         }
-        w.alpha[r0 + r] = OnlineSoftmaxRow(d, sr, n_pad, w.m[r0 + r], w.l[r0 + r]);
+        w.alpha[r0 + r] = OnlineSoftmaxRow(d, units, sr, n_pad, w.m[r0 + r], w.l[r0 + r]);
       }
       WithPanelRows(rows, [&](auto kRows) {
         float* o = w.o.get() + r0 * g.dv_pad;
@@ -224,29 +226,8 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
   }
 
   // 3. Normalize once; fold in the sink; store O and LSE.
-  char* o_base = static_cast<char*>(p.o);
   for (int64_t r = 0; r < n_rows; ++r) {
-    const TileRow& row = w.rows[r];
-    float m = w.m[r], l = w.l[r];
-    float out_scale = 0.0f, lse = neg_inf;
-    if (l > 0) {
-      if (p.sinks) {
-        const float sink = p.sinks[row.head * p.sinks_stride] * kLog2e;
-        const float m_all = std::max(m, sink);
-        const float rescale = std::exp2(m - m_all);
-        l = l * rescale + std::exp2(sink - m_all);
-        out_scale = rescale / l;
-        m = m_all;
-      } else {
-        out_scale = 1.0f / l;
-      }
-      lse = (m + std::log2(l)) * 0.6931471805599453f;
-    }
-    StoreRowScaled(w.o.get() + r * g.dv_pad, p.head_dim_v, out_scale, p.dtype,
-                   o_base + p.o_stride.offset(b, row.query, row.head) * elem);
-    if (p.lse) {
-      p.lse[b * p.lse_stride_b + row.head * p.lse_stride_h + row.query * p.lse_stride_s] = lse;
-    }
+    StoreFinalRow(p, units, w.rows[r], w.m[r], w.l[r], w.o.get() + r * g.dv_pad);
   }
 }
 

@@ -1,10 +1,12 @@
 // Score transforms (softcap, masks, ALiBi) and the online-softmax update of
 // one row of a score tile. Per-target code.
 //
-// Units: the flash kernel keeps scores in log2 units (s2 = s * log2(e)) so the
-// softmax uses 2^x; Q is pre-scaled by scale * log2(e) unless softcap is on,
-// in which case Q carries `scale` only and the softcap maps natural units to
-// log2 units (s2 = c * log2(e) * tanh(s / c)).
+// Units: scores are kept in log2 units (s2 = s * log2(e), Q pre-scaled by
+// scale * log2(e)) so the softmax is a bare 2^x. Two options need natural
+// units instead: softcap (tanh of the natural score) and float masks (a mask
+// value of -FLT_MAX is finite, and the score and lse it gives are finite too,
+// but -FLT_MAX * log2(e) is not). Then Q carries `scale` only and the
+// softmax computes 2^((s - m) * log2(e)). ScoreUnits says which.
 
 #if defined(QKV_KERNELS_ONLINE_SOFTMAX_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef QKV_KERNELS_ONLINE_SOFTMAX_INL_H_
@@ -21,6 +23,7 @@
 #include "api/problem.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
+#include "kernels/convert-inl.h"
 #include "kernels/exp2-inl.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -29,6 +32,18 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 inline constexpr float kLog2e = 1.4426950408889634f;
+
+struct ScoreUnits {
+  float q_scale;  // factor applied to Q when it is packed
+  float to_log2;  // factor from score units to log2 units (1 or log2(e))
+  explicit ScoreUnits(const AttentionProblem& p) {
+    const bool natural = p.softcap > 0 || (p.has_mask() && p.mask_dtype == DType::kFloat32);
+    q_scale = natural ? p.scale : p.scale * kLog2e;
+    to_log2 = natural ? kLog2e : 1.0f;
+  }
+  // A quantity given in natural units (ALiBi slope, sink), in score units.
+  float from_natural(float x) const { return to_log2 == 1.0f ? x * kLog2e : x; }
+};
 
 // Where one query row of a tile lives and which keys it may see.
 struct TileRow {
@@ -39,28 +54,28 @@ struct TileRow {
   int64_t hi = -1;
 };
 
-// Applies every option to s[0, n_pad) (raw products for keys k0 + j) and
-// leaves log2-unit scores; columns j >= n and invisible keys become -inf.
+// Applies every option to s[0, n_pad) (products of the packed Q and keys
+// k0 + j, in score units); columns j >= n and invisible keys become -inf.
 // `interval_mask`: some key of [k0, k0 + n) may lie outside [row.lo, row.hi].
 template <class D>
-HWY_INLINE void ApplyScoreOptions(D d, const AttentionProblem& p, const TileRow& row, int64_t k0,
-                                  int64_t n, int64_t n_pad, bool interval_mask,
-                                  float* HWY_RESTRICT s) {
+HWY_INLINE void ApplyScoreOptions(D d, const AttentionProblem& p, const ScoreUnits& units,
+                                  const TileRow& row, int64_t k0, int64_t n, int64_t n_pad,
+                                  bool interval_mask, float* HWY_RESTRICT s) {
   using V = hn::Vec<D>;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const V neg_inf = hn::Set(d, -std::numeric_limits<float>::infinity());
   if (p.softcap > 0) {
     const V inv_c = hn::Set(d, 1.0f / p.softcap);
-    const V out_c = hn::Set(d, p.softcap * kLog2e);
+    const V out_c = hn::Set(d, p.softcap);  // natural units (see ScoreUnits)
     for (int64_t j = 0; j < n_pad; j += N) {
       const V x = hn::Load(d, s + j);
       hn::Store(hn::Mul(out_c, hn::Tanh(d, hn::Mul(x, inv_c))), d, s + j);
     }
   }
   if (p.has_alibi()) {
-    // s2 -= slope * log2(e) * |i + seq_kv - seq_q - j|
-    const V slope = hn::Set(d, p.alibi_slope(row.batch, row.head) * kLog2e);
-    const V diag = hn::Set(d, static_cast<float>(row.query + p.diag() - k0));
+    // s -= slope * |i + seq_kv - seq_q - j|
+    const V slope = hn::Set(d, units.from_natural(p.alibi_slope(row.batch, row.head)));
+    const V diag = hn::Set(d, static_cast<float>(row.query + p.diag(row.batch) - k0));
     for (int64_t j = 0; j < n_pad; j += N) {
       const V dist = hn::Abs(hn::Sub(diag, hn::Iota(d, static_cast<float>(j))));
       hn::Store(hn::NegMulAdd(slope, dist, hn::Load(d, s + j)), d, s + j);
@@ -75,14 +90,14 @@ HWY_INLINE void ApplyScoreOptions(D d, const AttentionProblem& p, const TileRow&
         if (m[j * step] == 0) s[j] = -std::numeric_limits<float>::infinity();
       }
     } else {
-      // A finite mask value stays finite: -FLT_MAX * log2(e) would overflow to
-      // -inf and turn "very unlikely" into "invisible" (a row of only
-      // -FLT_MAX is uniform attention, as in the reference).
+      // Natural units here. A finite mask value keeps the score finite: an
+      // overflow to -inf would turn "very unlikely" into "invisible" (a row
+      // of only -FLT_MAX is uniform attention, as in the reference).
       constexpr float kMax = std::numeric_limits<float>::max();
       const float* m = static_cast<const float*>(p.mask) + base;
       for (int64_t j = 0; j < n; ++j) {
         const float add = m[j * step];
-        s[j] = std::isinf(add) ? s[j] + add : std::clamp(s[j] + add * kLog2e, -kMax, kMax);
+        s[j] = std::isinf(add) ? s[j] + add : std::clamp(s[j] + add, -kMax, kMax);
       }
     }
   }
@@ -106,7 +121,8 @@ HWY_INLINE void ApplyScoreOptions(D d, const AttentionProblem& p, const TileRow&
 // invariant: l = sum over keys so far of 2^(s_j - m); m = -inf while no key
 // has been visible, and then l = 0 and alpha = 0 (never -inf - -inf).
 template <class D>
-HWY_INLINE float OnlineSoftmaxRow(D d, float* HWY_RESTRICT s, int64_t n_pad, float& m, float& l) {
+HWY_INLINE float OnlineSoftmaxRow(D d, const ScoreUnits& units, float* HWY_RESTRICT s,
+                                  int64_t n_pad, float& m, float& l) {
   using V = hn::Vec<D>;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   V vmax = hn::Set(d, -std::numeric_limits<float>::infinity());
@@ -117,15 +133,56 @@ HWY_INLINE float OnlineSoftmaxRow(D d, float* HWY_RESTRICT s, int64_t n_pad, flo
   const float m_use = m_new == -std::numeric_limits<float>::infinity() ? 0.0f : m_new;
   const V vm = hn::Set(d, m_use);
   V vsum = hn::Zero(d);
-  for (int64_t j = 0; j < n_pad; j += N) {
-    const V e = Exp2NonPositive(d, hn::Sub(hn::Load(d, s + j), vm));
-    vsum = hn::Add(vsum, e);
-    hn::Store(e, d, s + j);
+  if (units.to_log2 == 1.0f) {
+    for (int64_t j = 0; j < n_pad; j += N) {
+      const V e = Exp2NonPositive(d, hn::Sub(hn::Load(d, s + j), vm));
+      vsum = hn::Add(vsum, e);
+      hn::Store(e, d, s + j);
+    }
+  } else {
+    const V to_log2 = hn::Set(d, units.to_log2);
+    for (int64_t j = 0; j < n_pad; j += N) {
+      const V e = Exp2NonPositive(d, hn::Mul(hn::Sub(hn::Load(d, s + j), vm), to_log2));
+      vsum = hn::Add(vsum, e);
+      hn::Store(e, d, s + j);
+    }
   }
-  const float alpha = m == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp2(m - m_use);
+  const float alpha = m == -std::numeric_limits<float>::infinity()
+                          ? 0.0f
+                          : std::exp2((m - m_use) * units.to_log2);
   l = alpha * l + hn::GetLane(hn::SumOfLanes(d, vsum));
   m = m_new;
   return alpha;
+}
+
+// Writes one finished row: o = acc / l (with the sink folded into l) in the
+// storage type, lse = (m + log2 l) * ln 2. A row that saw no visible key
+// (l = 0) is written as o = 0, lse = -inf, with or without a sink.
+//   acc: [head_dim_v] floats, acc = sum_j 2^(s_j - m) v_j
+HWY_INLINE void StoreFinalRow(const AttentionProblem& p, const ScoreUnits& units,
+                              const TileRow& row, float m, float l, const float* HWY_RESTRICT acc) {
+  constexpr float kLn2 = 0.6931471805599453f;
+  float out_scale = 0.0f, lse = -std::numeric_limits<float>::infinity();
+  if (l > 0) {
+    if (p.sinks) {
+      const float sink = units.from_natural(p.sinks[row.head * p.sinks_stride]);
+      const float m_all = std::max(m, sink);
+      const float rescale = std::exp2((m - m_all) * units.to_log2);
+      l = l * rescale + std::exp2((sink - m_all) * units.to_log2);
+      out_scale = rescale / l;
+      m = m_all;
+    } else {
+      out_scale = 1.0f / l;
+    }
+    // lse = m + ln(l) in natural units; m is in score units.
+    lse = units.to_log2 == 1.0f ? (m + std::log2(l)) * kLn2 : m + std::log2(l) * kLn2;
+  }
+  const size_t elem = dtype_size(p.dtype);
+  StoreRowScaled(acc, p.head_dim_v, out_scale, p.dtype,
+                 static_cast<char*>(p.o) + p.o_stride.offset(row.batch, row.query, row.head) * elem);
+  if (p.lse) {
+    p.lse[row.batch * p.lse_stride_b + row.head * p.lse_stride_h + row.query * p.lse_stride_s] = lse;
+  }
 }
 
 }  // namespace HWY_NAMESPACE

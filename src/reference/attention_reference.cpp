@@ -20,6 +20,7 @@ double load(const void* base, DType dtype, int64_t offset) {
   switch (dtype) {
     case DType::kFloat16: return f32_from_f16(static_cast<const uint16_t*>(base)[offset]);
     case DType::kBFloat16: return f32_from_bf16(static_cast<const uint16_t*>(base)[offset]);
+    case DType::kInt8: return static_cast<const int8_t*>(base)[offset];
     default: return static_cast<const float*>(base)[offset];
   }
 }
@@ -34,7 +35,8 @@ void store(void* base, DType dtype, int64_t offset, double value) {
 }
 
 bool visible(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
-  const int64_t diag = p.seq_kv - p.seq_q;
+  if (j >= p.keys(b)) return false;
+  const int64_t diag = p.keys(b) - p.seq_q;
   if (p.causal) {
     const int64_t last = p.causal_align == CausalAlign::kBottomRight ? i + diag : i;
     if (j > last) return false;
@@ -53,9 +55,9 @@ void attention_reference(const AttentionProblem& p) {
   constexpr double kNegInf = -std::numeric_limits<double>::infinity();
   std::vector<double> s(static_cast<size_t>(p.seq_kv));
   std::vector<double> acc(static_cast<size_t>(p.head_dim_v));
-  const int64_t diag = p.seq_kv - p.seq_q;
 
   for (int64_t b = 0; b < p.batch; ++b) {
+    const int64_t diag = p.keys(b) - p.seq_q;
     for (int64_t h = 0; h < p.heads; ++h) {
       const int64_t kvh = h / p.group;
       for (int64_t i = 0; i < p.seq_q; ++i) {
@@ -67,9 +69,11 @@ void attention_reference(const AttentionProblem& p) {
             s[j] = kNegInf;
             continue;
           }
-          const int64_t k_off = p.k_stride.offset(b, j, kvh);
+          const AttentionProblem::Row key = p.key_row(b, j, kvh);
           double dot = 0;
-          for (int64_t d = 0; d < p.head_dim; ++d) dot += load(p.q, p.dtype, q_off + d) * load(p.k, p.dtype, k_off + d);
+          for (int64_t d = 0; d < p.head_dim; ++d) {
+            dot += load(p.q, p.dtype, q_off + d) * (key.scale * load(key.data, p.kv_dtype, d));
+          }
           double score = static_cast<double>(p.scale) * dot;
           if (p.softcap > 0) score = p.softcap * std::tanh(score / p.softcap);
           if (p.alibi) score -= p.alibi_slope(b, h) * std::fabs(static_cast<double>(i + diag - j));
@@ -88,8 +92,10 @@ void attention_reference(const AttentionProblem& p) {
             if (s[j] == kNegInf) continue;
             const double w = std::exp(s[j] - row_max);
             sum += w;
-            const int64_t v_off = p.v_stride.offset(b, j, kvh);
-            for (int64_t d = 0; d < p.head_dim_v; ++d) acc[d] += w * load(p.v, p.dtype, v_off + d);
+            const AttentionProblem::Row value = p.value_row(b, j, kvh);
+            for (int64_t d = 0; d < p.head_dim_v; ++d) {
+              acc[d] += w * (value.scale * load(value.data, p.kv_dtype, d));
+            }
           }
         }
         double lse = kNegInf;

@@ -1,0 +1,12 @@
+// The one place that picks a kernel for a validated problem.
+#pragma once
+
+#include "api/problem.h"
+
+namespace qkv::internal {
+
+// kReference: the oracle; kFlash / kDecode: that kernel; kAuto: decode for
+// few rows per (batch, kv head), flash otherwise. num_splits: decode chunks.
+void run_attention(const AttentionProblem& problem, Backend backend, int num_splits = 0);
+
+}  // namespace qkv::internal

@@ -1,0 +1,354 @@
+// Decode kernel. Tasks are (batch, kv head, chunk of keys); each computes for
+// the R = seq_q * group rows of its kv head (the GQA group as one tiny matrix
+// product, so every K/V byte is read once per step, not once per query head)
+// a partial state over its chunk: running max m, sum l and acc = sum_j
+// 2^(s_j - m) v_j. A second pass merges the chunks of each (batch, kv head):
+//   m = max_c m_c,  l = sum_c 2^(m_c - m) l_c,  acc = sum_c 2^(m_c - m) acc_c
+// skipping chunks with no visible key (m_c = -inf), and writes o and lse.
+//
+// Per block of kBlock keys: scores with the K rows streamed from memory and
+// converted in registers (one pass over each K row serves all R rows), the
+// options and online softmax of online_softmax-inl.h, then P.V with the V
+// rows of the block (16 KiB at head_dim_v 128 in float16: stays in L1 across
+// the column chunks) streamed the same way.
+
+#include "kernels/decode.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "runtime/half.h"
+#include "runtime/threads.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/decode.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "hwy/aligned_allocator.h"
+#include "hwy/cache_control.h"
+#include "hwy/highway.h"
+#include "kernels/convert-inl.h"
+#include "kernels/microkernel-inl.h"
+#include "kernels/online_softmax-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace qkv::internal {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+namespace {
+
+constexpr int64_t kBlock = 64;           // keys per block
+constexpr int64_t kMinChunk = 256;       // keys per task at least
+constexpr int kScoreRows = 8;            // rows per pass over a K row (registers)
+constexpr int kValueRows = 4;            // rows per pass over a V block
+
+int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// s[r][j] = q[r] . k_j * k_scale_j for r < kRows, keys j < n of the block.
+//   q: [kRows][head_dim] floats (pre-scaled); s row stride kBlock
+template <DType kDtype, int kRows, class D>
+HWY_INLINE void ScoreBlock(D d, const float* HWY_RESTRICT q, int64_t head_dim,
+                           const void* const* k_rows, const float* k_scales, int64_t n,
+                           float* HWY_RESTRICT s) {
+  using V = hn::Vec<D>;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t j = 0; j < n; ++j) {
+    if (j + 4 < n) hwy::Prefetch(k_rows[j + 4]);
+    V acc[kRows];
+    for (int r = 0; r < kRows; ++r) acc[r] = hn::Zero(d);
+    int64_t c = 0;
+    for (; c + N <= head_dim; c += N) {
+      const V kv = LoadAsFloat<kDtype>(d, k_rows[j], c);
+      for (int r = 0; r < kRows; ++r) acc[r] = hn::MulAdd(hn::LoadU(d, q + r * head_dim + c), kv, acc[r]);
+    }
+    for (int r = 0; r < kRows; ++r) s[r * kBlock + j] = hn::GetLane(hn::SumOfLanes(d, acc[r]));
+    if (c < head_dim) {
+      // Tail of a head_dim that is not a multiple of N: one element at a time.
+      for (int64_t t = c; t < head_dim; ++t) {
+        float kt;
+        if constexpr (kDtype == DType::kFloat32) {
+          kt = static_cast<const float*>(k_rows[j])[t];
+        } else if constexpr (kDtype == DType::kFloat16) {
+          kt = f32_from_f16(static_cast<const uint16_t*>(k_rows[j])[t]);
+        } else if constexpr (kDtype == DType::kBFloat16) {
+          kt = f32_from_bf16(static_cast<const uint16_t*>(k_rows[j])[t]);
+        } else {
+          kt = static_cast<const int8_t*>(k_rows[j])[t];
+        }
+        for (int r = 0; r < kRows; ++r) s[r * kBlock + j] += q[r * head_dim + t] * kt;
+      }
+    }
+    for (int r = 0; r < kRows; ++r) s[r * kBlock + j] *= k_scales[j];
+  }
+}
+
+// acc[r][c, c + kVecs*N) = alpha_r * acc + sum_j p[r][j] * v_scale_j * v_j[c, ...)
+template <DType kDtype, int kRows, int kVecs, class D>
+HWY_INLINE void ValueBlock(D d, const float* HWY_RESTRICT p, const void* const* v_rows,
+                           const float* v_scales, int64_t n, int64_t c,
+                           const float* HWY_RESTRICT alpha, float* HWY_RESTRICT acc,
+                           int64_t acc_stride) {
+  using V = hn::Vec<D>;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  V o[kRows][kVecs];
+  for (int r = 0; r < kRows; ++r) {
+    const V a = hn::Set(d, alpha[r]);
+    for (int v = 0; v < kVecs; ++v) o[r][v] = hn::Mul(a, hn::Load(d, acc + r * acc_stride + c + v * N));
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    V vj[kVecs];
+    for (int v = 0; v < kVecs; ++v) vj[v] = LoadAsFloat<kDtype>(d, v_rows[j], c + v * N);
+    for (int r = 0; r < kRows; ++r) {
+      const V pr = hn::Set(d, p[r * kBlock + j] * v_scales[j]);
+      for (int v = 0; v < kVecs; ++v) o[r][v] = hn::MulAdd(pr, vj[v], o[r][v]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int v = 0; v < kVecs; ++v) hn::Store(o[r][v], d, acc + r * acc_stride + c + v * N);
+  }
+}
+
+template <int kMax, class F>
+HWY_INLINE void WithRows(int rows, F&& f) {
+  switch (rows) {
+    case 1: f(std::integral_constant<int, 1>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
+    case 4: f(std::integral_constant<int, 4>()); break;
+    default:
+      if constexpr (kMax > 4) {
+        switch (rows) {
+          case 5: f(std::integral_constant<int, 5>()); break;
+          case 6: f(std::integral_constant<int, 6>()); break;
+          case 7: f(std::integral_constant<int, 7>()); break;
+          default: f(std::integral_constant<int, 8>()); break;
+        }
+      }
+      break;
+  }
+}
+
+struct Layout {
+  int64_t rows = 0;     // seq_q * group
+  int64_t dv_pad = 0;   // head_dim_v rounded up to N
+  int64_t splits = 0;   // chunks per (batch, kv head)
+  int64_t chunk = 0;    // keys per chunk
+  int64_t rows_pad = 0; // rows rounded up to N
+  int64_t state = 0;    // floats of one task's partial state (a multiple of N):
+                        // acc [rows][dv_pad], m [rows_pad], l [rows_pad]
+};
+
+// Per-thread scratch.
+struct DecodeScratch {
+  hwy::AlignedFreeUniquePtr<float[]> q, s, alpha, k_scale, v_scale, v_buf;
+  hwy::AlignedFreeUniquePtr<const void*[]> k_rows, v_rows;
+  hwy::AlignedFreeUniquePtr<TileRow[]> rows;
+  DecodeScratch(const AttentionProblem& p, const Layout& g)
+      : q(hwy::AllocateAligned<float>(g.rows * p.head_dim)),
+        s(hwy::AllocateAligned<float>(g.rows * kBlock)),
+        alpha(hwy::AllocateAligned<float>(g.rows)),
+        k_scale(hwy::AllocateAligned<float>(kBlock)),
+        v_scale(hwy::AllocateAligned<float>(kBlock)),
+        v_buf(hwy::AllocateAligned<float>(kBlock * g.dv_pad)),
+        k_rows(hwy::AllocateAligned<const void*>(kBlock)),
+        v_rows(hwy::AllocateAligned<const void*>(kBlock)),
+        rows(hwy::AllocateAligned<TileRow>(g.rows)) {}
+};
+
+// acc = alpha * acc + P.V over the block's n keys, rows in groups of kValueRows.
+template <DType kDtype>
+void AccumulateValues(const AttentionProblem& p, const Layout& g, int64_t n, DecodeScratch& w,
+                      float* HWY_RESTRICT acc) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t r0 = 0; r0 < g.rows; r0 += kValueRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kValueRows, g.rows - r0));
+    WithRows<kValueRows>(rows, [&](auto kRows) {
+      int64_t c = 0;
+      for (; c + 2 * N <= g.dv_pad; c += 2 * N) {
+        ValueBlock<kDtype, kRows(), 2>(d, w.s.get() + r0 * kBlock, w.v_rows.get(), w.v_scale.get(),
+                                       n, c, w.alpha.get() + r0, acc + r0 * g.dv_pad, g.dv_pad);
+      }
+      if (c < g.dv_pad) {
+        ValueBlock<kDtype, kRows(), 1>(d, w.s.get() + r0 * kBlock, w.v_rows.get(), w.v_scale.get(),
+                                       n, c, w.alpha.get() + r0, acc + r0 * g.dv_pad, g.dv_pad);
+      }
+    });
+  }
+}
+
+// One task: keys [j0, j1) of (b, kvh), into its partial state (see Layout).
+template <DType kDtype>
+void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t kvh, int64_t j0,
+              int64_t j1, DecodeScratch& w, float* HWY_RESTRICT state) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  float* acc = state;
+  float* m = state + g.rows * g.dv_pad;
+  float* l = m + g.rows_pad;
+  const ScoreUnits units(p);
+  const size_t q_elem = dtype_size(p.dtype);
+
+  int64_t key_begin = j1, key_end = j0;
+  for (int64_t r = 0; r < g.rows; ++r) {
+    TileRow& row = w.rows[r];
+    row.batch = b;
+    row.query = r / p.group;
+    row.head = kvh * p.group + r % p.group;
+    row.lo = std::max<int64_t>(0, p.key_lo(b, row.query));
+    row.hi = p.key_hi(b, row.query);
+    if (row.lo <= row.hi) {
+      key_begin = std::min(key_begin, std::max(row.lo, j0));
+      key_end = std::max(key_end, std::min(row.hi + 1, j1));
+    }
+    LoadRowScaled(p.dtype,
+                  static_cast<const char*>(p.q) + p.q_stride.offset(b, row.query, row.head) * q_elem,
+                  p.head_dim, units.q_scale, w.q.get() + r * p.head_dim);
+    m[r] = -std::numeric_limits<float>::infinity();
+    l[r] = 0.0f;
+  }
+  std::fill(acc, acc + g.rows * g.dv_pad, 0.0f);
+
+  const bool plain = p.softcap == 0 && !p.has_alibi() && !p.has_mask();
+  for (int64_t k0 = key_begin; k0 < key_end; k0 += kBlock) {
+    const int64_t n = std::min(kBlock, key_end - k0);
+    const int64_t n_pad = RoundUp(n, N);
+    for (int64_t j = 0; j < n; ++j) {
+      const AttentionProblem::Row key = p.key_row(b, k0 + j, kvh);
+      const AttentionProblem::Row value = p.value_row(b, k0 + j, kvh);
+      w.k_rows[j] = key.data;
+      w.k_scale[j] = key.scale;
+      w.v_rows[j] = value.data;
+      w.v_scale[j] = value.scale;
+    }
+    for (int64_t r0 = 0; r0 < g.rows; r0 += kScoreRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kScoreRows, g.rows - r0));
+      WithRows<kScoreRows>(rows, [&](auto kRows) {
+        ScoreBlock<kDtype, kRows()>(d, w.q.get() + r0 * p.head_dim, p.head_dim, w.k_rows.get(),
+                                    w.k_scale.get(), n, w.s.get() + r0 * kBlock);
+      });
+    }
+    for (int64_t r = 0; r < g.rows; ++r) {
+      float* sr = w.s.get() + r * kBlock;
+      const TileRow& row = w.rows[r];
+      const bool full = row.lo <= k0 && row.hi >= k0 + n - 1;
+      if (!plain || !full || n < n_pad) ApplyScoreOptions(d, p, units, row, k0, n, n_pad, !full, sr);
+      w.alpha[r] = OnlineSoftmaxRow(d, units, sr, n_pad, m[r], l[r]);
+    }
+    if (p.head_dim_v % N == 0) {
+      AccumulateValues<kDtype>(p, g, n, w, acc);
+    } else {
+      // Rows that do not fill whole vectors: widen the block's V rows into a
+      // zero-padded float buffer first, so no load runs past a row.
+      for (int64_t j = 0; j < n; ++j) {
+        float* dst = w.v_buf.get() + j * g.dv_pad;
+        LoadRowScaled(p.kv_dtype, w.v_rows[j], p.head_dim_v, w.v_scale[j], dst);
+        std::fill(dst + p.head_dim_v, dst + g.dv_pad, 0.0f);
+        w.v_rows[j] = dst;
+        w.v_scale[j] = 1.0f;
+      }
+      AccumulateValues<DType::kFloat32>(p, g, n, w, acc);
+    }
+  }
+}
+
+// Merges the splits of (b, kvh) and writes o and lse.
+void MergeAndStore(const AttentionProblem& p, const Layout& g, int64_t b, int64_t kvh,
+                   const float* HWY_RESTRICT states, float* HWY_RESTRICT merged) {
+  const hn::ScalableTag<float> d;
+  const ScoreUnits units(p);
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t r = 0; r < g.rows; ++r) {
+    float m = -std::numeric_limits<float>::infinity();
+    const int64_t m_at = g.rows * g.dv_pad + r, l_at = m_at + g.rows_pad;
+    for (int64_t c = 0; c < g.splits; ++c) m = std::max(m, states[c * g.state + m_at]);
+    float l = 0.0f;
+    std::fill(merged, merged + g.dv_pad, 0.0f);
+    if (m != -std::numeric_limits<float>::infinity()) {
+      for (int64_t c = 0; c < g.splits; ++c) {
+        const float* st = states + c * g.state;
+        if (st[l_at] == 0.0f) continue;  // no visible key in this chunk
+        const float w = std::exp2((st[m_at] - m) * units.to_log2);
+        l += w * st[l_at];
+        const float* a = st + r * g.dv_pad;
+        const auto vw = hn::Set(d, w);
+        for (int64_t i = 0; i < g.dv_pad; i += N) {
+          hn::Store(hn::MulAdd(vw, hn::Load(d, a + i), hn::Load(d, merged + i)), d, merged + i);
+        }
+      }
+    }
+    TileRow row;
+    row.batch = b;
+    row.query = r / p.group;
+    row.head = kvh * p.group + r % p.group;
+    StoreFinalRow(p, units, row, m, l, merged);
+  }
+}
+
+}  // namespace
+
+void DecodeForwardImpl(const AttentionProblem& p, int num_splits) {
+  if (p.batch == 0 || p.seq_q == 0) return;
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  Layout g;
+  g.rows = p.seq_q * p.group;
+  g.dv_pad = RoundUp(p.head_dim_v, N);
+  g.rows_pad = RoundUp(g.rows, N);
+  g.state = g.rows * g.dv_pad + 2 * g.rows_pad;
+  int64_t max_keys = 0;
+  for (int64_t b = 0; b < p.batch; ++b) max_keys = std::max(max_keys, p.keys(b));
+  const int64_t pairs = p.batch * p.kv_heads;
+  if (num_splits > 0) {
+    g.splits = num_splits;
+  } else {
+    // Enough chunks for 4 tasks per thread, none shorter than kMinChunk keys.
+    const int64_t want = (4 * p.num_threads + pairs - 1) / pairs;
+    g.splits = std::clamp<int64_t>(want, 1, std::max<int64_t>(1, max_keys / kMinChunk));
+  }
+  g.chunk = RoundUp(std::max<int64_t>(1, (max_keys + g.splits - 1) / g.splits), kBlock);
+  auto states = hwy::AllocateAligned<float>(pairs * g.splits * g.state);
+
+#pragma omp parallel num_threads(p.num_threads)
+  {
+    ScopedFlushDenormals flush_denormals;
+    DecodeScratch scratch(p, g);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < pairs * g.splits; ++t) {
+      const int64_t pair = t / g.splits;
+      const int64_t b = pair / p.kv_heads, kvh = pair % p.kv_heads;
+      const int64_t j0 = std::min((t % g.splits) * g.chunk, p.keys(b));
+      const int64_t j1 = std::min(j0 + g.chunk, p.keys(b));
+      float* state = states.get() + t * g.state;
+      switch (p.kv_dtype) {
+        case DType::kFloat16: RunChunk<DType::kFloat16>(p, g, b, kvh, j0, j1, scratch, state); break;
+        case DType::kBFloat16: RunChunk<DType::kBFloat16>(p, g, b, kvh, j0, j1, scratch, state); break;
+        case DType::kInt8: RunChunk<DType::kInt8>(p, g, b, kvh, j0, j1, scratch, state); break;
+        default: RunChunk<DType::kFloat32>(p, g, b, kvh, j0, j1, scratch, state); break;
+      }
+    }
+    auto merged = hwy::AllocateAligned<float>(g.dv_pad);
+#pragma omp for schedule(static)
+    for (int64_t pair = 0; pair < pairs; ++pair) {
+      MergeAndStore(p, g, pair / p.kv_heads, pair % p.kv_heads,
+                    states.get() + pair * g.splits * g.state, merged.get());
+    }
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace qkv::internal
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace qkv::internal {
+HWY_EXPORT(DecodeForwardImpl);
+void decode_forward(const AttentionProblem& problem, int num_splits) noexcept {
+  HWY_DYNAMIC_DISPATCH(DecodeForwardImpl)(problem, num_splits);
+}
+}  // namespace qkv::internal
+#endif

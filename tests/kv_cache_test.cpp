@@ -1,0 +1,390 @@
+// KVCache, RoPE and attention_with_kvcache: the decode and flash kernels over
+// a cache equal the reference run on the same logical K/V (what the cache
+// holds, dequantized), paged equals contiguous exactly, append and RoPE put
+// every token where it belongs, and bad input changes nothing.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/flash_forward.h"
+#include "qkv/qkv.h"
+#include "runtime/half.h"
+#include "test_util.h"
+
+namespace qkv::test {
+namespace {
+
+std::vector<float> random_floats(int64_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> x(static_cast<size_t>(n));
+  for (float& v : x) v = normal(rng);
+  return x;
+}
+
+Tensor bshd(const std::vector<float>& x, int64_t b, int64_t s, int64_t h, int64_t d) {
+  return Tensor::contiguous(x.data(), DType::kFloat32, {b, s, h, d});
+}
+
+struct CacheSpec {
+  int64_t batch = 2, heads = 8, kv_heads = 2, head_dim = 64, head_dim_v = 64;
+  int64_t capacity = 700, prefill = 600, page_size = 0;
+  DType dtype = DType::kFloat16;
+  bool shuffle_pages = false;
+};
+
+// A cache with `prefill` random tokens per sequence (in two appends).
+KVCache make_cache(const CacheSpec& s, uint32_t seed) {
+  KVCacheConfig config;
+  config.batch = s.batch;
+  config.capacity = s.capacity;
+  config.kv_heads = s.kv_heads;
+  config.head_dim = s.head_dim;
+  config.head_dim_v = s.head_dim_v;
+  config.dtype = s.dtype;
+  config.page_size = s.page_size;
+  KVCache cache(config);
+  if (s.shuffle_pages) {
+    std::vector<int32_t> table(cache.block_table());
+    std::shuffle(table.begin(), table.end(), std::mt19937(seed));
+    cache.set_block_table(table);
+  }
+  const int64_t first = s.prefill / 3;
+  for (const auto& [n, salt] : {std::pair{first, 1u}, {s.prefill - first, 2u}}) {
+    const auto k = random_floats(s.batch * n * s.kv_heads * s.head_dim, seed * 7 + salt);
+    const auto v = random_floats(s.batch * n * s.kv_heads * s.head_dim_v, seed * 11 + salt);
+    cache.append(bshd(k, s.batch, n, s.kv_heads, s.head_dim), bshd(v, s.batch, n, s.kv_heads, s.head_dim_v));
+  }
+  return cache;
+}
+
+// Attends q [batch, seq_q, heads, head_dim] over the cache with `backend`;
+// returns o (float32).
+std::vector<float> attend(KVCache& cache, const CacheSpec& s, const std::vector<float>& q,
+                          int64_t seq_q, Backend backend, int num_splits = 0,
+                          std::vector<float>* lse = nullptr) {
+  std::vector<float> o(static_cast<size_t>(s.batch * seq_q * s.heads * s.head_dim_v), -7.0f);
+  KVCacheAttentionParams p;
+  p.q = bshd(q, s.batch, seq_q, s.heads, s.head_dim);
+  p.o = bshd(o, s.batch, seq_q, s.heads, s.head_dim_v);
+  if (lse) {
+    lse->assign(static_cast<size_t>(s.batch * s.heads * seq_q), -7.0f);
+    p.lse = Tensor::contiguous(lse->data(), DType::kFloat32, {s.batch, s.heads, seq_q});
+  }
+  p.cache = &cache;
+  p.causal = true;
+  p.backend = backend;
+  p.num_splits = num_splits;
+  attention_with_kvcache(p);
+  return o;
+}
+
+// The same call as a dense qkv::attention over the cache's logical K/V,
+// checked with the suite's tolerance rule (reference vs naive float32).
+void expect_cache_matches_reference(const CacheSpec& s, int64_t seq_q, uint32_t seed) {
+  KVCache cache = make_cache(s, seed);
+  const int64_t len = cache.lengths()[0];
+  Case c = Case().batch(s.batch).seq_q(seq_q).seq_kv(len).heads(s.heads).kv_heads(s.kv_heads)
+               .head_dim(s.head_dim).head_dim_v(s.head_dim_v).causal().seed(seed);
+  Workload w(c);
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t j = 0; j < len; ++j) {
+      for (int64_t h = 0; h < s.kv_heads; ++h) {
+        std::vector<float> row(static_cast<size_t>(std::max(s.head_dim, s.head_dim_v)));
+        cache.read_key(b, j, h, row.data());
+        for (int64_t d = 0; d < s.head_dim; ++d) w.k().at({b, j, h, d}) = row[d];
+        cache.read_value(b, j, h, row.data());
+        for (int64_t d = 0; d < s.head_dim_v; ++d) w.v().at({b, j, h, d}) = row[d];
+      }
+    }
+  }
+  const Result ref = w.run(Backend::kReference);
+  const std::vector<Result> naive = w.naive();
+  const std::vector<float> q = w.q().dense();
+  for (const int64_t target : internal::flash_targets()) {
+    internal::flash_force_target(target);
+    for (Backend backend : {Backend::kAuto, Backend::kDecode, Backend::kFlash}) {
+      Result fast;
+      fast.o = attend(cache, s, q, seq_q, backend, 0, &fast.lse);
+      EXPECT_TRUE(within_tolerance(c, std::string("cache/") + internal::flash_target_name(target),
+                                   fast, ref, naive, w.max_abs_v()));
+    }
+  }
+  internal::flash_force_target(0);
+}
+
+TEST(KVCache, DecodeOverEveryStorageTypeMatchesTheReference) {
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kInt8}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    CacheSpec s;
+    s.dtype = dtype;
+    expect_cache_matches_reference(s, 1, 10);
+  }
+}
+
+TEST(KVCache, SeveralQueryRowsGqaMqaAndOddHeadDims) {
+  for (const auto& [heads, kv_heads, head_dim, head_dim_v, seq_q] :
+       {std::tuple{8, 2, 64, 64, 4}, {4, 1, 7, 5, 3}, {6, 6, 80, 96, 2}, {32, 8, 128, 128, 1},
+        {8, 8, 33, 17, 16}}) {
+    CacheSpec s;
+    s.heads = heads, s.kv_heads = kv_heads, s.head_dim = head_dim, s.head_dim_v = head_dim_v;
+    s.prefill = 333;
+    SCOPED_TRACE(testing::Message() << heads << "/" << kv_heads << " d " << head_dim << "/"
+                                    << head_dim_v << " seq_q " << seq_q);
+    expect_cache_matches_reference(s, seq_q, 20 + heads);
+  }
+}
+
+TEST(KVCache, PagedEqualsContiguousExactly) {
+  for (DType dtype : {DType::kFloat16, DType::kInt8}) {
+    CacheSpec contiguous;
+    contiguous.dtype = dtype;
+    CacheSpec paged = contiguous;
+    paged.page_size = 16;
+    paged.shuffle_pages = true;
+    KVCache a = make_cache(contiguous, 3);
+    KVCache b = make_cache(paged, 3);
+    const auto q = random_floats(contiguous.batch * 2 * contiguous.heads * contiguous.head_dim, 5);
+    for (Backend backend : {Backend::kDecode, Backend::kFlash, Backend::kReference}) {
+      const auto oa = attend(a, contiguous, q, 2, backend, 3);
+      const auto ob = attend(b, paged, q, 2, backend, 3);
+      EXPECT_TRUE(bitwise_equal(oa, ob)) << dtype_name(dtype) << " backend " << static_cast<int>(backend);
+    }
+  }
+}
+
+TEST(KVCache, SplitCountsGiveTheSameResult) {
+  CacheSpec s;
+  s.prefill = 690;
+  KVCache cache = make_cache(s, 4);
+  const auto q = random_floats(s.batch * s.heads * s.head_dim, 6);
+  std::vector<float> lse1;
+  const auto one = attend(cache, s, q, 1, Backend::kDecode, 1, &lse1);
+  double max_v = 0;
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t j = 0; j < cache.lengths()[b]; ++j) {
+      std::vector<float> row(static_cast<size_t>(s.head_dim_v));
+      cache.read_value(b, j, 0, row.data());
+      for (float x : row) max_v = std::max(max_v, static_cast<double>(std::fabs(x)));
+    }
+  }
+  // Chunks of 64 keys up to more chunks than keys (empty chunks merge as nothing).
+  for (int splits : {2, 3, 7, 11, 64, 1000}) {
+    std::vector<float> lse;
+    const auto o = attend(cache, s, q, 1, Backend::kDecode, splits, &lse);
+    for (size_t i = 0; i < o.size(); ++i) {
+      ASSERT_NEAR(o[i], one[i], 2e-6 * max_v) << "splits " << splits << " at " << i;
+    }
+    for (size_t i = 0; i < lse.size(); ++i) ASSERT_NEAR(lse[i], lse1[i], 2e-6) << "splits " << splits;
+  }
+}
+
+TEST(KVCache, PerSequenceLengthsEqualSeparateCaches) {
+  CacheSpec s;
+  s.batch = 3;
+  KVCache cache = make_cache(s, 8);
+  cache.set_lengths({600, 17, 0});
+  const auto q = random_floats(s.batch * s.heads * s.head_dim, 9);
+  std::vector<float> lse;
+  const auto o = attend(cache, s, q, 1, Backend::kDecode, 2, &lse);
+  // Sequence 2 holds nothing: o = 0 and lse = -inf.
+  const int64_t row = s.heads * s.head_dim_v;
+  for (int64_t i = 2 * row; i < 3 * row; ++i) EXPECT_EQ(o[i], 0.0f);
+  for (int64_t h = 0; h < s.heads; ++h) EXPECT_EQ(lse[2 * s.heads + h], kNegInf);
+  // Sequence 1 equals a one-sequence cache holding the same 17 tokens.
+  CacheSpec one = s;
+  one.batch = 1;
+  KVCacheConfig config{1, s.capacity, s.kv_heads, s.head_dim, s.head_dim_v, s.dtype};
+  KVCache single(config);
+  std::vector<float> k(static_cast<size_t>(17 * s.kv_heads * s.head_dim)), v(k.size());
+  for (int64_t j = 0; j < 17; ++j) {
+    for (int64_t h = 0; h < s.kv_heads; ++h) {
+      cache.read_key(1, j, h, &k[(j * s.kv_heads + h) * s.head_dim]);
+      cache.read_value(1, j, h, &v[(j * s.kv_heads + h) * s.head_dim]);
+    }
+  }
+  single.append(bshd(k, 1, 17, s.kv_heads, s.head_dim), bshd(v, 1, 17, s.kv_heads, s.head_dim));
+  const std::vector<float> q1(q.begin() + s.heads * s.head_dim, q.begin() + 2 * s.heads * s.head_dim);
+  const auto o1 = attend(single, one, q1, 1, Backend::kDecode, 2);
+  EXPECT_TRUE(bitwise_equal(o1, std::vector<float>(o.begin() + row, o.begin() + 2 * row)));
+}
+
+// RoPE written independently: pairs and angles straight from the definition.
+std::vector<double> rope_reference(std::vector<double> x, int64_t position, const Rope& rope) {
+  const int64_t rd = rope.rotary_dim ? rope.rotary_dim : static_cast<int64_t>(x.size());
+  for (int64_t i = 0; i < rd / 2; ++i) {
+    const double angle = position * std::pow(static_cast<double>(rope.theta), -2.0 * i / rd);
+    const int64_t a = rope.style == Rope::Style::kInterleaved ? 2 * i : i;
+    const int64_t b = rope.style == Rope::Style::kInterleaved ? 2 * i + 1 : i + rd / 2;
+    const double xa = x[a], xb = x[b];
+    x[a] = xa * std::cos(angle) - xb * std::sin(angle);
+    x[b] = xa * std::sin(angle) + xb * std::cos(angle);
+  }
+  return x;
+}
+
+TEST(KVCache, AppendPlacesTokensAndRotatesKeysAtTheirPositions) {
+  for (Rope::Style style : {Rope::Style::kHalves, Rope::Style::kInterleaved}) {
+    for (int64_t rotary_dim : {0, 8}) {
+      Rope rope;
+      rope.style = style;
+      rope.theta = 500.0f;
+      rope.rotary_dim = rotary_dim;
+      KVCacheConfig config{2, 40, 2, 16, 16, DType::kFloat32, 8};
+      KVCache cache(config);
+      cache.set_lengths({5, 9});
+      const auto k = random_floats(2 * 3 * 2 * 16, 31), v = random_floats(2 * 3 * 2 * 16, 32);
+      cache.append(bshd(k, 2, 3, 2, 16), bshd(v, 2, 3, 2, 16), rope);  // several tokens at once
+      EXPECT_EQ(cache.lengths(), (std::vector<int64_t>{8, 12}));
+      for (int64_t b = 0; b < 2; ++b) {
+        for (int64_t t = 0; t < 3; ++t) {
+          for (int64_t h = 0; h < 2; ++h) {
+            const int64_t at = ((b * 3 + t) * 2 + h) * 16;
+            const int64_t position = (b == 0 ? 5 : 9) + t;
+            const auto want = rope_reference(std::vector<double>(k.begin() + at, k.begin() + at + 16),
+                                             position, rope);
+            float got[16], got_v[16];
+            cache.read_key(b, position, h, got);
+            cache.read_value(b, position, h, got_v);
+            for (int d = 0; d < 16; ++d) {
+              EXPECT_NEAR(got[d], want[d], 1e-6) << "b " << b << " t " << t << " d " << d;
+              EXPECT_EQ(got_v[d], v[at + d]);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(KVCache, AttentionWithNewTokensRotatesQueriesAndKeysConsistently) {
+  // Appending through attention_with_kvcache with RoPE equals appending the
+  // rotated keys by hand and attending with queries rotated by hand.
+  Rope rope;
+  const int64_t b = 1, n = 3, h = 4, hk = 2, d = 16;
+  KVCacheConfig config{b, 64, hk, d, d, DType::kFloat32};
+  KVCache with_api(config), by_hand(config);
+  const auto k0 = random_floats(b * 10 * hk * d, 41), v0 = random_floats(b * 10 * hk * d, 42);
+  with_api.append(bshd(k0, b, 10, hk, d), bshd(v0, b, 10, hk, d), rope);
+  by_hand.append(bshd(k0, b, 10, hk, d), bshd(v0, b, 10, hk, d), rope);
+  const auto q = random_floats(b * n * h * d, 43);
+  const auto k = random_floats(b * n * hk * d, 44), v = random_floats(b * n * hk * d, 45);
+  std::vector<float> o_api(static_cast<size_t>(b * n * h * d)), o_hand(o_api.size());
+  KVCacheAttentionParams p;
+  p.q = bshd(q, b, n, h, d);
+  p.k_new = bshd(k, b, n, hk, d);
+  p.v_new = bshd(v, b, n, hk, d);
+  p.o = bshd(o_api, b, n, h, d);
+  p.cache = &with_api;
+  p.rope = rope;
+  p.causal = true;
+  attention_with_kvcache(p);
+
+  by_hand.append(bshd(k, b, n, hk, d), bshd(v, b, n, hk, d), rope);
+  std::vector<float> q_rot(q);
+  const int64_t positions[] = {10};
+  apply_rope(bshd(q_rot, b, n, h, d), positions, rope);
+  KVCacheAttentionParams hand = p;
+  hand.q = bshd(q_rot, b, n, h, d);
+  hand.k_new = Tensor();
+  hand.v_new = Tensor();
+  hand.o = bshd(o_hand, b, n, h, d);
+  hand.cache = &by_hand;
+  hand.rope.reset();
+  attention_with_kvcache(hand);
+  EXPECT_TRUE(bitwise_equal(o_api, o_hand));
+  EXPECT_EQ(with_api.lengths(), by_hand.lengths());
+  EXPECT_NE(q, q_rot);  // the caller's q is left as it was
+}
+
+TEST(KVCache, Int8QuantizationErrorIsHalfAStep) {
+  // Stated bound: each element within scale / 2 = max|row| / 254 of its input.
+  KVCacheConfig config{1, 8, 1, 64, 64, DType::kInt8};
+  KVCache cache(config);
+  const auto k = random_floats(4 * 64, 51, 3.0f), v = random_floats(4 * 64, 52, 0.01f);
+  cache.append(bshd(k, 1, 4, 1, 64), bshd(v, 1, 4, 1, 64));
+  for (int64_t j = 0; j < 4; ++j) {
+    float kr[64], vr[64];
+    cache.read_key(0, j, 0, kr);
+    cache.read_value(0, j, 0, vr);
+    float kmax = 0, vmax = 0;
+    for (int d = 0; d < 64; ++d) {
+      kmax = std::max(kmax, std::fabs(k[j * 64 + d]));
+      vmax = std::max(vmax, std::fabs(v[j * 64 + d]));
+    }
+    for (int d = 0; d < 64; ++d) {
+      EXPECT_LE(std::fabs(kr[d] - k[j * 64 + d]), kmax / 254 * (1 + 1e-5f));
+      EXPECT_LE(std::fabs(vr[d] - v[j * 64 + d]), vmax / 254 * (1 + 1e-5f));
+    }
+  }
+}
+
+// Bad input: a clear qkv::Error, and the cache (lengths and bytes) unchanged.
+struct Snapshot {
+  std::vector<int64_t> lengths;
+  std::vector<float> first_key;
+  explicit Snapshot(const KVCache& c) : lengths(c.lengths()), first_key(c.config().head_dim) {
+    c.read_key(0, 0, 0, first_key.data());
+  }
+  bool operator==(const Snapshot&) const = default;
+};
+
+template <typename F>
+void expect_error_and_unchanged(KVCache& cache, F&& f, const std::string& words) {
+  const Snapshot before(cache);
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one mentioning \"" << words << "\"";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(Snapshot(cache) == before) << words;
+}
+
+TEST(KVCache, BadInputIsAnErrorThatChangesNothing) {
+  KVCacheConfig config{2, 10, 2, 8, 8, DType::kFloat16, 4};
+  KVCache cache(config);
+  const auto k = random_floats(2 * 6 * 2 * 8, 61);
+  cache.append(bshd(k, 2, 6, 2, 8), bshd(k, 2, 6, 2, 8));
+  expect_error_and_unchanged(cache, [&] { cache.append(bshd(k, 2, 6, 2, 8), bshd(k, 2, 6, 2, 8)); },
+                             "exceeds the cache capacity (10)");
+  expect_error_and_unchanged(cache, [&] { cache.set_lengths({-1, 2}); }, "lengths[0] (-1)");
+  expect_error_and_unchanged(cache, [&] { cache.set_lengths({3, 11}); }, "lengths[1] (11)");
+  expect_error_and_unchanged(cache, [&] { cache.set_lengths({3}); }, "lengths has 1 entries");
+  expect_error_and_unchanged(cache, [&] { cache.set_block_table({0, 1, 2, 99, 4, 5}); },
+                             "block_table[1, 0] (99)");
+  expect_error_and_unchanged(cache, [&] { cache.append(bshd(k, 2, 6, 1, 16), bshd(k, 2, 6, 1, 16)); },
+                             "k_new has shape [2, 6, 1, 16]");
+  std::vector<uint8_t> bytes(2 * 6 * 2 * 8);
+  expect_error_and_unchanged(
+      cache, [&] { cache.append(Tensor::contiguous(bytes.data(), DType::kBool, {2, 6, 2, 8}), bshd(k, 2, 6, 2, 8)); },
+      "k_new must be float32, float16 or bfloat16, not bool");
+  Rope bad;
+  bad.rotary_dim = 3;
+  expect_error_and_unchanged(cache, [&] { cache.append(bshd(k, 2, 1, 2, 8), bshd(k, 2, 1, 2, 8), bad); },
+                             "rotary_dim (3)");
+  // attention_with_kvcache validates its own arguments before appending.
+  std::vector<float> q(2 * 2 * 4 * 8), o(q.size());
+  KVCacheAttentionParams p;
+  p.q = bshd(q, 2, 2, 4, 8);
+  p.k_new = bshd(k, 2, 2, 2, 8);
+  p.v_new = bshd(k, 2, 2, 2, 8);
+  p.o = bshd(o, 2, 2, 4, 7);  // wrong head_dim_v
+  p.cache = &cache;
+  expect_error_and_unchanged(cache, [&] { attention_with_kvcache(p); }, "o has shape [2, 2, 4, 7]");
+  p.o = bshd(o, 2, 2, 4, 8);
+  p.q = bshd(q, 2, 2, 3, 8);
+  expect_error_and_unchanged(cache, [&] { attention_with_kvcache(p); }, "kv_heads (2) must divide heads (3)");
+  p.q = bshd(q, 2, 2, 4, 8);
+  p.num_splits = -1;
+  expect_error_and_unchanged(cache, [&] { attention_with_kvcache(p); }, "num_splits (-1)");
+  EXPECT_THROW(KVCache(KVCacheConfig{1, 8, 1, 8, 8, DType::kBool}), Error);
+  EXPECT_THROW(KVCache(KVCacheConfig{0, 8, 1, 8, 8, DType::kFloat16}), Error);
+}
+
+}  // namespace
+}  // namespace qkv::test

@@ -1,0 +1,93 @@
+// The results of one `qkv bench` run and how they are shown: one table per
+// shape on stdout (print_report) and the --json document (report_json).
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "bench_cases.h"
+#include "bench_json.h"
+#include "bench_python.h"
+
+namespace qkv::tools {
+
+// Timing policy, the same for every implementation (bench/peers.py copies it):
+// one untimed warm-up call, then the median of kBenchRuns calls, or a single
+// call above kBenchSingleRunAboveSeq where one call takes seconds.
+inline constexpr int kBenchRuns = 3;
+inline constexpr int64_t kBenchSingleRunAboveSeq = 8192;
+// qkv and the baseline both accumulate in float32; on inputs in [-1, 1) they
+// agree to about 1e-6. More than this means one of them is wrong.
+inline constexpr double kBenchMaxAgreedDiff = 1e-4;
+
+// One implementation on one case.
+struct Measured {
+  double seconds = 0;    // > 0 when measured
+  std::string skipped;   // why not, when not
+  std::string note;      // how it ran, if worth saying (peers)
+  double max_abs_diff = std::numeric_limits<double>::quiet_NaN();  // vs qkv (baseline)
+
+  bool ok() const { return seconds > 0; }
+};
+
+struct CaseResult {
+  BenchCase shape;
+  std::map<std::string, Measured> impl;  // "qkv", "openblas", then the peers
+};
+
+// fp32 FMA throughput in GFLOP/s at the start and end of the run (all threads)
+// and with one thread.
+struct Peak {
+  double start = 0, end = 0, one_thread = 0;
+  double best() const { return start > end ? start : end; }
+};
+
+// qkv on one case with one thread and with all of them.
+struct Scaling {
+  BenchCase shape;
+  std::string skipped;
+  double one_thread_seconds = 0, seconds = 0;  // seconds: with all the threads
+  double ratio() const { return one_thread_seconds / seconds; }
+};
+
+struct MachineInfo {
+  std::string cpu = "unknown";  // model name from /proc/cpuinfo
+  unsigned logical_cpus = 0;
+  int threads = 1;              // what every implementation was given
+  std::string simd_target = "unknown";  // the one qkv dispatched to
+  int64_t mem_available = -1;
+  std::string date;             // ISO 8601, UTC
+};
+
+// Everything one run measured.
+struct BenchRun {
+  MachineInfo machine;
+  Peak peak;
+  Scaling scaling;
+  std::vector<CaseResult> cases;
+  PeersReport peers;
+};
+
+// The report on stdout: the peaks, one table per shape (every field but seq),
+// scaling, mean speed-ups, warnings, peers' notes and a legend.
+void print_report(const BenchRun& run);
+
+// The --json document; `options` is copied in as given.
+Json report_json(const BenchRun& run, Json options);
+
+// printf into a std::string (short texts).
+template <typename... Args>
+std::string format(const char* fmt, Args... args) {
+  char buffer[256];
+  std::snprintf(buffer, sizeof buffer, fmt, args...);
+  return buffer;
+}
+
+// "12.3 ms", "1.52 s".
+std::string format_time(double seconds);
+
+}  // namespace qkv::tools
