@@ -95,7 +95,7 @@ class KVCache {
 // option of AttentionParams (causal is bottom-right: the new queries are the
 // last seq_q positions). On error nothing is written and the cache is unchanged.
 struct KVCacheAttentionParams {
-  Tensor q;                 // [batch, seq_q, heads, head_dim]; rotated in place when rope is set
+  Tensor q;                 // [batch, seq_q, heads, head_dim]; read only (rope rotates a copy)
   Tensor k_new, v_new;      // optional [batch, seq_q_new, kv_heads, head_dim(_v)]
   Tensor o;                 // [batch, seq_q, heads, head_dim_v]
   Tensor lse;               // optional [batch, heads, seq_q] float32

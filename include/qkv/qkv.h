@@ -6,4 +6,5 @@
 #include "qkv/kv_cache.h"   // IWYU pragma: export
 #include "qkv/rope.h"       // IWYU pragma: export
 #include "qkv/tensor.h"     // IWYU pragma: export
+#include "qkv/varlen.h"     // IWYU pragma: export
 #include "qkv/version.h"    // IWYU pragma: export

@@ -1,0 +1,153 @@
+"""qkv: exact, fast, memory-efficient attention for CPUs.
+
+    >>> import numpy as np, qkv
+    >>> q = np.random.randn(1, 128, 8, 64).astype(np.float32)  # [batch, seq_q, heads, head_dim]
+    >>> k = np.random.randn(1, 128, 2, 64).astype(np.float32)  # [batch, seq_kv, kv_heads, head_dim]
+    >>> o = qkv.attention(q, k, k, causal=True)                # [batch, seq_q, heads, head_dim]
+
+``qkv.attention`` takes NumPy arrays, PyTorch tensors or anything with DLPack
+without copying them, and returns the caller's kind of array; so do
+``qkv.attention_varlen`` (sequences of different lengths packed end to end) and
+``qkv.attention_with_kvcache`` (decode steps over a ``qkv.KVCache``, contiguous
+or paged, with ``qkv.Rope`` rotary embeddings).
+``qkv.torch.scaled_dot_product_attention`` is a drop-in for
+``torch.nn.functional.scaled_dot_product_attention`` (``import qkv.torch``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from . import _arrays, _qkv
+from .kv_cache import KVCache, Rope, apply_rope, attention_with_kvcache
+from .varlen import attention_varlen
+
+__version__: str = _qkv.__version__
+__all__ = [
+    "attention",
+    "attention_varlen",
+    "attention_with_kvcache",
+    "KVCache",
+    "Rope",
+    "apply_rope",
+    "__version__",
+]
+
+
+def attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    causal: bool = False,
+    causal_align: str = "bottom-right",
+    window: Optional[Tuple[int, int]] = (-1, -1),
+    scale: Optional[float] = None,
+    softcap: float = 0.0,
+    alibi_slopes: Any = None,
+    sinks: Any = None,
+    mask: Any = None,
+    return_lse: bool = False,
+    num_threads: Optional[int] = None,
+) -> Any:
+    """Scaled dot-product attention, ``softmax(scale * q k^T + masks) v``, exactly.
+
+    Shapes (K and V may have fewer heads: GQA/MQA, ``kv_heads`` must divide ``heads``)::
+
+        q    [batch, seq_q,  heads,    head_dim]
+        k    [batch, seq_kv, kv_heads, head_dim]
+        v    [batch, seq_kv, kv_heads, head_dim_v]
+        out  [batch, seq_q,  heads,    head_dim_v]   same dtype as q
+        lse  [batch, heads,  seq_q]                  float32, natural log
+
+    q, k and v are NumPy arrays, PyTorch tensors (CPU) or any CPU array with
+    DLPack, of one dtype: float32 or float16 (and bfloat16 for PyTorch).
+    They are read in place, never copied: any strides work as long as the
+    innermost dimension is contiguous, so a ``[batch, heads, seq, head_dim]``
+    buffer is passed as ``x.transpose(0, 2, 1, 3)`` (NumPy) or
+    ``x.transpose(1, 2)`` (PyTorch). The result is a new array of the same kind
+    as q (PyTorch in, PyTorch out; NumPy otherwise).
+
+    For query row i of head h and key j, with ``diag = seq_kv - seq_q``:
+
+    ==========================  ===============================================
+    option                      effect
+    ==========================  ===============================================
+    scale                       ``s = scale * q_i . k_j``, default 1/sqrt(head_dim)
+    softcap c > 0               ``s = c * tanh(s / c)``
+    causal, "bottom-right"      key j visible iff ``j <= i + diag`` (FlashAttention)
+    causal, "top-left"          key j visible iff ``j <= i`` (PyTorch is_causal)
+    window (left, right)        visible iff ``i + diag - left <= j <= i + diag + right``;
+                                -1 = unbounded on that side
+    alibi_slopes [H] or [B, H]  ``s -= slope * |i + diag - j|``
+    mask, bool                  visible iff ``mask[b, h, i, j]`` (True = attend)
+    mask, float32               ``s += mask[b, h, i, j]``
+    sinks [H]                   ``exp(sink_h)`` is added to the softmax denominator
+    ==========================  ===============================================
+
+    A row with no visible key gives 0 and lse -inf. Finite inputs never give
+    NaN or Inf, whatever the magnitude of the logits.
+
+    Args:
+        q, k, v: the inputs, shapes above.
+        causal: apply a causal mask aligned by ``causal_align``.
+        causal_align: "bottom-right" (the last query sees the last key) or
+            "top-left" (query i sees keys 0..i).
+        window: sliding window ``(left, right)``; None or (-1, -1) = none.
+        scale: the logit scale; None = 1/sqrt(head_dim).
+        softcap: logit soft-capping; 0 = off.
+        alibi_slopes: ALiBi slopes, [heads] or [batch, heads]; converted to
+            float32 (a small copy).
+        sinks: attention-sink logits, [heads]; converted to float32.
+        mask: bool or float32, broadcastable (NumPy rules, aligned right) to
+            [batch, heads, seq_q, seq_kv]; size-1 or stride-0 dimensions are
+            never expanded in memory.
+        return_lse: also return the log-sum-exp of each row.
+        num_threads: OpenMP threads; None = all the process may use.
+
+    Returns:
+        ``out``, or ``(out, lse)`` when ``return_lse`` is true.
+
+    Raises:
+        TypeError: an argument has an unsupported dtype, or q/k/v dtypes differ.
+        ValueError: inconsistent shapes, a non-contiguous innermost dimension,
+            an array not on the CPU, bad options; the message names the argument.
+        NotImplementedError: a PyTorch input requires grad while grad mode is
+            on (qkv has no backward yet).
+    """
+    if _arrays.is_torch_tensor(q):
+        from . import torch as qkv_torch  # torch is already imported: q is a tensor
+
+        q, k, v, mask, alibi_slopes, sinks = qkv_torch._prepare(
+            "qkv.attention", q=q, k=k, v=v, mask=mask, alibi_slopes=alibi_slopes, sinks=sinks
+        )
+        empty, float32 = qkv_torch.torch.empty, qkv_torch.torch.float32
+    else:
+        q, k, v = (_arrays.as_numpy(x, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
+        alibi_slopes = _arrays.float32_vector(alibi_slopes)
+        sinks = _arrays.float32_vector(sinks)
+        empty, float32 = np.empty, np.float32
+    mask = _arrays.as_array(mask)
+    for x, name in ((q, "q"), (k, "k"), (v, "v")):
+        if x.ndim != 4:
+            raise ValueError(f"{name} must have rank 4 but has shape {list(x.shape)}")
+
+    batch, seq_q, heads, _ = q.shape
+    out = empty((batch, seq_q, heads, v.shape[3]), dtype=q.dtype)
+    lse = empty((batch, heads, seq_q), dtype=float32) if return_lse else None
+    _qkv.attention(
+        q, k, v, out,
+        lse=lse,
+        causal=bool(causal),
+        causal_align=causal_align,
+        window=_arrays.window(window),
+        scale=_arrays.scale(scale),
+        softcap=float(softcap),
+        alibi_slopes=alibi_slopes,
+        sinks=sinks,
+        mask=mask,
+        num_threads=_arrays.threads(num_threads),
+    )
+    return (out, lse) if return_lse else out
