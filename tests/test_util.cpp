@@ -556,16 +556,31 @@ Result naive_float32(const AttentionParams& p, NaiveVariant variant) {
   const bool reversed = variant == NaiveVariant::kReversedSums;
   const auto index = [reversed](int64_t t, int64_t n) { return reversed ? n - 1 - t : t; };
 
-  double max_v = 0;
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t j = 0; j < seq_kv; ++j) {
-      for (int64_t h = 0; h < kv_heads; ++h) {
-        for (int64_t d = 0; d < head_dim_v; ++d) {
-          max_v = std::max(max_v, double{std::fabs(load(p.v, {b, j, h, d}))});
+  // q, k, v read once through their views, into logical [batch, seq, heads, dim] order.
+  const auto gather = [](const Tensor& t) {
+    std::vector<float> out(static_cast<size_t>(t.numel()));
+    size_t n = 0;
+    for (int64_t b = 0; b < t.shape[0]; ++b) {
+      for (int64_t i = 0; i < t.shape[1]; ++i) {
+        for (int64_t h = 0; h < t.shape[2]; ++h) {
+          for (int64_t d = 0; d < t.shape[3]; ++d) out[n++] = load(t, {b, i, h, d});
         }
       }
     }
-  }
+    return out;
+  };
+  const std::vector<float> q_all = gather(p.q), k_all = gather(p.k), v_all = gather(p.v);
+  const auto q_row = [&](int64_t b, int64_t i, int64_t h) {
+    return &q_all[static_cast<size_t>(((b * seq_q + i) * heads + h) * head_dim)];
+  };
+  const auto k_row = [&](int64_t b, int64_t j, int64_t h) {
+    return &k_all[static_cast<size_t>(((b * seq_kv + j) * kv_heads + h) * head_dim)];
+  };
+  const auto v_row = [&](int64_t b, int64_t j, int64_t h) {
+    return &v_all[static_cast<size_t>(((b * seq_kv + j) * kv_heads + h) * head_dim_v)];
+  };
+  double max_v = 0;
+  for (float x : v_all) max_v = std::max(max_v, double{std::fabs(x)});
 
   Result r;
   r.o.assign(static_cast<size_t>(batch * seq_q * heads * head_dim_v), 0.0f);
@@ -598,12 +613,13 @@ Result naive_float32(const AttentionParams& p, NaiveVariant variant) {
       if (!vis) continue;
       float dot = 0;
       double dot_terms = 0;  // sum of |terms| of the dot product, natural units
+      const float* qr = q_row(b, i, h);
+      const float* kr = k_row(b, j, kvh);
       for (int64_t t = 0; t < head_dim; ++t) {
         const int64_t d = index(t, head_dim);
-        const float q = fold_scale ? load(p.q, {b, i, h, d}) * q_scale : load(p.q, {b, i, h, d});
-        const float k = load(p.k, {b, j, kvh, d});
-        dot = fused ? std::fma(q, k, dot) : dot + q * k;
-        dot_terms += std::fabs(double{load(p.q, {b, i, h, d})} * k);
+        const float q = fold_scale ? qr[d] * q_scale : qr[d];
+        dot = fused ? std::fma(q, kr[d], dot) : dot + q * kr[d];
+        dot_terms += std::fabs(double{qr[d]} * kr[d]);
       }
       float score = fold_scale ? dot : scale * dot;
       dot_terms *= std::fabs(scale);
@@ -663,7 +679,8 @@ Result naive_float32(const AttentionParams& p, NaiveVariant variant) {
           if (s[j] >= m - 60 * unit) max_score_error = std::max(max_score_error, score_error[j]);
           const float w = log2 ? std::exp2(s[j] - m) : std::exp(s[j] - m);
           sum += w;
-          for (int64_t d = 0; d < head_dim_v; ++d) acc[d] += w * load(p.v, {b, j, kvh, d});
+          const float* vr = v_row(b, j, kvh);
+          for (int64_t d = 0; d < head_dim_v; ++d) acc[d] += w * vr[d];
         }
         if (has_sink) sum += log2 ? std::exp2(sink - m) : std::exp(sink - m);
         float* o = &r.o[static_cast<size_t>(row * head_dim_v)];
@@ -675,7 +692,8 @@ Result naive_float32(const AttentionParams& p, NaiveVariant variant) {
         // weight by a relative e^(2 max_score_error) - 1; exp, the sum and P.V
         // add O(n u); the storage rounding of o up to one ulp against the
         // reference's. Capped (see within_tolerance) so they are never vacuous.
-        const double weight_error = std::expm1(2 * max_score_error) + (n + 8) * kU + n * std::exp(-50.0);
+        const double weight_error =
+            std::expm1(2 * max_score_error) + (n + 8) * kU + n * std::exp(-50.0);
         r.o_bound[static_cast<size_t>(row)] =
             (2 * weight_error + (n + 8) * kU + 2 * unit_roundoff(p.o.dtype)) * max_v;
         r.lse_bound[static_cast<size_t>(row)] = max_score_error + 2 * weight_error +

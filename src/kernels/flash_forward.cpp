@@ -29,6 +29,7 @@
 #include <cstring>
 #include <limits>
 
+#include "runtime/scratch.h"
 #include "runtime/threads.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -238,7 +239,9 @@ void FlashForwardImpl(const AttentionProblem& p) {
   const Geometry g(p);
   const int64_t pairs = p.batch * p.kv_heads;
   const int64_t head_floats = g.k_floats + g.v_floats;
-  auto pack = hwy::AllocateAligned<float>(std::max<int64_t>(1, g.heads_per_round * head_floats));
+  // Reused across calls (see thread_scratch): allocated before the parallel
+  // region, so std::bad_alloc reaches the caller.
+  float* const pack = thread_scratch(static_cast<size_t>(std::max<int64_t>(1, g.heads_per_round * head_floats)));
   const int64_t chunks = std::max<int64_t>(1, CeilDiv(p.seq_kv, kPackChunkKeys));
   const bool heavy_last = p.causal;  // later query tiles see more keys
 
@@ -253,7 +256,7 @@ void FlashForwardImpl(const AttentionProblem& p) {
         const int64_t pair = first + t / chunks;
         const int64_t j0 = (t % chunks) * kPackChunkKeys;
         const int64_t j1 = std::min(j0 + kPackChunkKeys, p.seq_kv);
-        float* base = pack.get() + (pair - first) * head_floats;
+        float* base = pack + (pair - first) * head_floats;
         PackKeys(p, g, pair / p.kv_heads, pair % p.kv_heads, j0, j1, base, base + g.k_floats,
                  scratch.row.get());
       }
@@ -262,7 +265,7 @@ void FlashForwardImpl(const AttentionProblem& p) {
         const int64_t pair = first + t % round;
         const int64_t order = t / round;
         const int64_t tile = heavy_last ? g.q_tiles - 1 - order : order;
-        const float* base = pack.get() + (pair - first) * head_floats;
+        const float* base = pack + (pair - first) * head_floats;
         RunTile(p, g, pair / p.kv_heads, pair % p.kv_heads, tile, base, base + g.k_floats,
                 scratch);
       }
@@ -279,7 +282,7 @@ namespace qkv::internal {
 
 HWY_EXPORT(FlashForwardImpl);
 
-void flash_forward(const AttentionProblem& problem) noexcept {
+void flash_forward(const AttentionProblem& problem) {
   HWY_DYNAMIC_DISPATCH(FlashForwardImpl)(problem);
 }
 
