@@ -87,3 +87,16 @@ bench-deps:
 	      echo "qkv: could not install $$req; the bench goes on without it" >&2; \
 	  done; \
 	fi
+
+# make bench-decode  one decode step (32 query / 8 KV heads, head_dim 128) against KV caches of 4K
+#                    to 1M tokens in float32, float16, bfloat16 and int8, as a fraction of this
+#                    machine's measured read bandwidth and against a baseline that re-reads K/V per
+#                    query head (docs/bench.md, section Decode): builds Release, writes
+#                    docs/bench-decode.json. About 10 minutes on 2 cores and 9 GiB of free memory
+#                    (the 1M-token float32 cache is 8 GiB); BENCH_DECODE_ARGS=--quick for 4K and 32K.
+BENCH_DECODE_ARGS ?=
+
+.PHONY: bench-decode
+
+bench-decode: build
+	./$(BUILD)/qkv bench decode --json docs/bench-decode.json $(BENCH_DECODE_ARGS)

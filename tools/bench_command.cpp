@@ -31,6 +31,7 @@
 
 #include "baseline.h"
 #include "bench_cases.h"
+#include "bench_decode.h"
 #include "bench_json.h"
 #include "bench_python.h"
 #include "bench_report.h"
@@ -464,7 +465,10 @@ void register_bench(CLI::App& app) {
   bench->footer(
       "\nCases are named d<head_dim>-h<heads>/<kv_heads>-s<seq>-<causal|full>-<fp32|bf16>.\n"
       "Progress goes to stderr; the report, one table per shape, to stdout.");
-  bench->callback([options] { run_bench(*options); });
+  register_bench_decode(*bench);  // `qkv bench decode` (bench_decode.h)
+  bench->callback([options, bench] {
+    if (bench->get_subcommands().empty()) run_bench(*options);
+  });
 }
 
 }  // namespace qkv::tools
