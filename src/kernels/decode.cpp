@@ -1,8 +1,10 @@
-// Decode kernel. Tasks are (batch, kv head, chunk of keys); each computes for
-// the R = seq_q * group rows of its kv head (the GQA group as one tiny matrix
-// product, so every K/V byte is read once per step, not once per query head)
-// a partial state over its chunk: running max m, sum l and acc = sum_j
-// 2^(s_j - m) v_j. A second pass merges the chunks of each (batch, kv head):
+// Decode kernel. Tasks are (batch, chunk of keys); for each kv head a task
+// computes, for the R = seq_q * group rows of that kv head (the GQA group as
+// one tiny matrix product, so every K/V byte is read once per step, not once
+// per query head), a partial state over its chunk: running max m, sum l and
+// acc = sum_j 2^(s_j - m) v_j. All kv heads in one task because a token's
+// rows of all kv heads are contiguous in the cache: one stream, prefetched a
+// block ahead, instead of kv_heads strided ones. A second pass merges the chunks of each (batch, kv head):
 //   m = max_c m_c,  l = sum_c 2^(m_c - m) l_c,  acc = sum_c 2^(m_c - m) acc_c
 // skipping chunks with no visible key (m_c = -inf), and writes o and lse.
 //
@@ -86,12 +88,12 @@ HWY_INLINE void ScoreBlock(D d, const float* HWY_RESTRICT q, int64_t head_dim,
   }
 }
 
-// acc[r][c, c + kVecs*N) = alpha_r * acc + sum_j p[r][j] * v_scale_j * v_j[c, ...)
+// acc[r][c, c + kVecs*N) = alpha_r * acc + sum_j p[r][j] * v_j[c, ...)
+// (int8: p already carries the value rows' scales).
 template <DType kDtype, int kRows, int kVecs, class D>
 HWY_INLINE void ValueBlock(D d, const float* HWY_RESTRICT p, const void* const* v_rows,
-                           const float* v_scales, int64_t n, int64_t c,
-                           const float* HWY_RESTRICT alpha, float* HWY_RESTRICT acc,
-                           int64_t acc_stride) {
+                           int64_t n, int64_t c, const float* HWY_RESTRICT alpha,
+                           float* HWY_RESTRICT acc, int64_t acc_stride) {
   using V = hn::Vec<D>;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   V o[kRows][kVecs];
@@ -103,7 +105,7 @@ HWY_INLINE void ValueBlock(D d, const float* HWY_RESTRICT p, const void* const* 
     V vj[kVecs];
     for (int v = 0; v < kVecs; ++v) vj[v] = LoadAsFloat<kDtype>(d, v_rows[j], c + v * N);
     for (int r = 0; r < kRows; ++r) {
-      const V pr = hn::Set(d, p[r * kBlock + j] * v_scales[j]);
+      const V pr = hn::Set(d, p[r * kBlock + j]);
       for (int v = 0; v < kVecs; ++v) o[r][v] = hn::MulAdd(pr, vj[v], o[r][v]);
     }
   }
@@ -133,7 +135,7 @@ HWY_INLINE void WithRows(int rows, F&& f) {
 }
 
 struct Layout {
-  int64_t rows = 0;     // seq_q * group
+  int64_t rows = 0;     // seq_q * group: rows of one kv head
   int64_t dv_pad = 0;   // head_dim_v rounded up to N
   int64_t splits = 0;   // chunks per (batch, kv head)
   int64_t chunk = 0;    // keys per chunk
@@ -148,7 +150,7 @@ struct DecodeScratch {
   hwy::AlignedFreeUniquePtr<const void*[]> k_rows, v_rows;
   hwy::AlignedFreeUniquePtr<TileRow[]> rows;
   DecodeScratch(const AttentionProblem& p, const Layout& g)
-      : q(hwy::AllocateAligned<float>(g.rows * p.head_dim)),
+      : q(hwy::AllocateAligned<float>(p.kv_heads * g.rows * p.head_dim)),
         s(hwy::AllocateAligned<float>(g.rows * kBlock)),
         alpha(hwy::AllocateAligned<float>(g.rows)),
         k_scale(hwy::AllocateAligned<float>(kBlock)),
@@ -156,121 +158,157 @@ struct DecodeScratch {
         v_buf(hwy::AllocateAligned<float>(kBlock * g.dv_pad)),
         k_rows(hwy::AllocateAligned<const void*>(kBlock)),
         v_rows(hwy::AllocateAligned<const void*>(kBlock)),
-        rows(hwy::AllocateAligned<TileRow>(g.rows)) {}
+        rows(hwy::AllocateAligned<TileRow>(p.kv_heads * g.rows)) {}
 };
 
-// acc = alpha * acc + P.V over the block's n keys, rows in groups of kValueRows.
+// acc = alpha * acc + P.V over the block's n keys, rows in groups of
+// kValueRows, columns in passes of up to 4 vectors (fewer passes over V and
+// fewer broadcasts of P per key).
 template <DType kDtype>
-void AccumulateValues(const AttentionProblem& p, const Layout& g, int64_t n, DecodeScratch& w,
-                      float* HWY_RESTRICT acc) {
+void AccumulateValues(const Layout& g, int64_t n, DecodeScratch& w, float* HWY_RESTRICT acc) {
   const hn::ScalableTag<float> d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   for (int64_t r0 = 0; r0 < g.rows; r0 += kValueRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kValueRows, g.rows - r0));
+    const float* pw = w.s.get() + r0 * kBlock;
+    const float* alpha = w.alpha.get() + r0;
+    float* o = acc + r0 * g.dv_pad;
     WithRows<kValueRows>(rows, [&](auto kRows) {
       int64_t c = 0;
+      if constexpr (kMaxPanelRows == 12) {  // 32 vector registers: 16 accumulators fit
+        for (; c + 4 * N <= g.dv_pad; c += 4 * N) {
+          ValueBlock<kDtype, kRows(), 4>(d, pw, w.v_rows.get(), n, c, alpha, o, g.dv_pad);
+        }
+      }
       for (; c + 2 * N <= g.dv_pad; c += 2 * N) {
-        ValueBlock<kDtype, kRows(), 2>(d, w.s.get() + r0 * kBlock, w.v_rows.get(), w.v_scale.get(),
-                                       n, c, w.alpha.get() + r0, acc + r0 * g.dv_pad, g.dv_pad);
+        ValueBlock<kDtype, kRows(), 2>(d, pw, w.v_rows.get(), n, c, alpha, o, g.dv_pad);
       }
-      if (c < g.dv_pad) {
-        ValueBlock<kDtype, kRows(), 1>(d, w.s.get() + r0 * kBlock, w.v_rows.get(), w.v_scale.get(),
-                                       n, c, w.alpha.get() + r0, acc + r0 * g.dv_pad, g.dv_pad);
-      }
+      if (c < g.dv_pad) ValueBlock<kDtype, kRows(), 1>(d, pw, w.v_rows.get(), n, c, alpha, o, g.dv_pad);
     });
   }
 }
 
-// One task: keys [j0, j1) of (b, kvh), into its partial state (see Layout).
+// Prefetches the K and V rows of keys [j0, j1) for every kv head: with the
+// [token, kv_head, dim] layout they are one contiguous run per token.
+void PrefetchKeys(const AttentionProblem& p, int64_t b, int64_t j0, int64_t j1) {
+  const int64_t k_bytes = p.kv_heads * p.head_dim * static_cast<int64_t>(dtype_size(p.kv_dtype));
+  const int64_t v_bytes = p.kv_heads * p.head_dim_v * static_cast<int64_t>(dtype_size(p.kv_dtype));
+  for (int64_t j = j0; j < j1; ++j) {
+    const char* k = static_cast<const char*>(p.key_row(b, j, 0).data);
+    const char* v = static_cast<const char*>(p.value_row(b, j, 0).data);
+    for (int64_t at = 0; at < k_bytes; at += 64) hwy::Prefetch(k + at);
+    for (int64_t at = 0; at < v_bytes; at += 64) hwy::Prefetch(v + at);
+  }
+}
+
+// One task: keys [j0, j1) of batch b for every kv head, into the partial
+// states of its kv heads (state + kvh * g.state, see Layout). All heads per
+// task because a token's K (and V) rows of all kv heads are contiguous: the
+// task streams one contiguous region instead of kv_heads strided ones.
 template <DType kDtype>
-void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t kvh, int64_t j0,
-              int64_t j1, DecodeScratch& w, float* HWY_RESTRICT state) {
+void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0, int64_t j1,
+              DecodeScratch& w, float* HWY_RESTRICT states) {
   const hn::ScalableTag<float> d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  float* acc = state;
-  float* m = state + g.rows * g.dv_pad;
-  float* l = m + g.rows_pad;
   const ScoreUnits units(p);
   const size_t q_elem = dtype_size(p.dtype);
 
+  // Rows of every kv head; the visible interval depends on the query only.
   int64_t key_begin = j1, key_end = j0;
-  for (int64_t r = 0; r < g.rows; ++r) {
-    TileRow& row = w.rows[r];
-    row.batch = b;
-    row.query = r / p.group;
-    row.head = kvh * p.group + r % p.group;
-    row.lo = std::max<int64_t>(0, p.key_lo(b, row.query));
-    row.hi = p.key_hi(b, row.query);
-    if (row.lo <= row.hi) {
-      key_begin = std::min(key_begin, std::max(row.lo, j0));
-      key_end = std::max(key_end, std::min(row.hi + 1, j1));
+  for (int64_t kvh = 0; kvh < p.kv_heads; ++kvh) {
+    float* state = states + kvh * g.state;
+    float* m = state + g.rows * g.dv_pad;
+    float* l = m + g.rows_pad;
+    for (int64_t r = 0; r < g.rows; ++r) {
+      TileRow& row = w.rows[kvh * g.rows + r];
+      row.batch = b;
+      row.query = r / p.group;
+      row.head = kvh * p.group + r % p.group;
+      row.lo = std::max<int64_t>(0, p.key_lo(b, row.query));
+      row.hi = p.key_hi(b, row.query);
+      if (row.lo <= row.hi) {
+        key_begin = std::min(key_begin, std::max(row.lo, j0));
+        key_end = std::max(key_end, std::min(row.hi + 1, j1));
+      }
+      LoadRowScaled(p.dtype,
+                    static_cast<const char*>(p.q) + p.q_stride.offset(b, row.query, row.head) * q_elem,
+                    p.head_dim, units.q_scale, w.q.get() + (kvh * g.rows + r) * p.head_dim);
+      m[r] = -std::numeric_limits<float>::infinity();
+      l[r] = 0.0f;
     }
-    LoadRowScaled(p.dtype,
-                  static_cast<const char*>(p.q) + p.q_stride.offset(b, row.query, row.head) * q_elem,
-                  p.head_dim, units.q_scale, w.q.get() + r * p.head_dim);
-    m[r] = -std::numeric_limits<float>::infinity();
-    l[r] = 0.0f;
+    std::fill(state, state + g.rows * g.dv_pad, 0.0f);
   }
-  std::fill(acc, acc + g.rows * g.dv_pad, 0.0f);
 
   const bool plain = p.softcap == 0 && !p.has_alibi() && !p.has_mask();
+  if (key_begin < key_end) PrefetchKeys(p, b, key_begin, std::min(key_begin + kBlock, key_end));
   for (int64_t k0 = key_begin; k0 < key_end; k0 += kBlock) {
     const int64_t n = std::min(kBlock, key_end - k0);
     const int64_t n_pad = RoundUp(n, N);
-    for (int64_t j = 0; j < n; ++j) {
-      const AttentionProblem::Row key = p.key_row(b, k0 + j, kvh);
-      const AttentionProblem::Row value = p.value_row(b, k0 + j, kvh);
-      w.k_rows[j] = key.data;
-      w.k_scale[j] = key.scale;
-      w.v_rows[j] = value.data;
-      w.v_scale[j] = value.scale;
-    }
-    for (int64_t r0 = 0; r0 < g.rows; r0 += kScoreRows) {
-      const int rows = static_cast<int>(std::min<int64_t>(kScoreRows, g.rows - r0));
-      WithRows<kScoreRows>(rows, [&](auto kRows) {
-        ScoreBlock<kDtype, kRows()>(d, w.q.get() + r0 * p.head_dim, p.head_dim, w.k_rows.get(),
-                                    w.k_scale.get(), n, w.s.get() + r0 * kBlock);
-      });
-    }
-    for (int64_t r = 0; r < g.rows; ++r) {
-      float* sr = w.s.get() + r * kBlock;
-      const TileRow& row = w.rows[r];
-      const bool full = row.lo <= k0 && row.hi >= k0 + n - 1;
-      if (!plain || !full || n < n_pad) ApplyScoreOptions(d, p, units, row, k0, n, n_pad, !full, sr);
-      w.alpha[r] = OnlineSoftmaxRow(d, units, sr, n_pad, m[r], l[r]);
-    }
-    if (p.head_dim_v % N == 0) {
-      AccumulateValues<kDtype>(p, g, n, w, acc);
-    } else {
-      // Rows that do not fill whole vectors: widen the block's V rows into a
-      // zero-padded float buffer first, so no load runs past a row.
+    PrefetchKeys(p, b, k0 + n, std::min(k0 + n + kBlock, key_end));  // the next block
+    for (int64_t kvh = 0; kvh < p.kv_heads; ++kvh) {
+      float* state = states + kvh * g.state;
+      float* acc = state;
+      float* m = state + g.rows * g.dv_pad;
+      float* l = m + g.rows_pad;
+      const TileRow* rows = w.rows.get() + kvh * g.rows;
       for (int64_t j = 0; j < n; ++j) {
-        float* dst = w.v_buf.get() + j * g.dv_pad;
-        LoadRowScaled(p.kv_dtype, w.v_rows[j], p.head_dim_v, w.v_scale[j], dst);
-        std::fill(dst + p.head_dim_v, dst + g.dv_pad, 0.0f);
-        w.v_rows[j] = dst;
-        w.v_scale[j] = 1.0f;
+        const AttentionProblem::Row key = p.key_row(b, k0 + j, kvh);
+        const AttentionProblem::Row value = p.value_row(b, k0 + j, kvh);
+        w.k_rows[j] = key.data;
+        w.k_scale[j] = key.scale;
+        w.v_rows[j] = value.data;
+        w.v_scale[j] = value.scale;
       }
-      AccumulateValues<DType::kFloat32>(p, g, n, w, acc);
+      for (int64_t r0 = 0; r0 < g.rows; r0 += kScoreRows) {
+        const int nr = static_cast<int>(std::min<int64_t>(kScoreRows, g.rows - r0));
+        WithRows<kScoreRows>(nr, [&](auto kRows) {
+          ScoreBlock<kDtype, kRows()>(d, w.q.get() + (kvh * g.rows + r0) * p.head_dim, p.head_dim,
+                                      w.k_rows.get(), w.k_scale.get(), n, w.s.get() + r0 * kBlock);
+        });
+      }
+      for (int64_t r = 0; r < g.rows; ++r) {
+        float* sr = w.s.get() + r * kBlock;
+        const bool full = rows[r].lo <= k0 && rows[r].hi >= k0 + n - 1;
+        if (!plain || !full || n < n_pad) ApplyScoreOptions(d, p, units, rows[r], k0, n, n_pad, !full, sr);
+        w.alpha[r] = OnlineSoftmaxRow(d, units, sr, n_pad, m[r], l[r]);
+        if constexpr (kDtype == DType::kInt8) {
+          for (int64_t j = 0; j < n; ++j) sr[j] *= w.v_scale[j];  // l is already summed
+        }
+      }
+      if (p.head_dim_v % N == 0) {
+        AccumulateValues<kDtype>(g, n, w, acc);
+      } else {
+        // Rows that do not fill whole vectors: widen the block's V rows into a
+        // zero-padded float buffer first, so no load runs past a row.
+        for (int64_t j = 0; j < n; ++j) {
+          float* dst = w.v_buf.get() + j * g.dv_pad;
+          const float scale = kDtype == DType::kInt8 ? 1.0f : w.v_scale[j];  // int8: in P already
+          LoadRowScaled(p.kv_dtype, w.v_rows[j], p.head_dim_v, scale, dst);
+          std::fill(dst + p.head_dim_v, dst + g.dv_pad, 0.0f);
+          w.v_rows[j] = dst;
+        }
+        AccumulateValues<DType::kFloat32>(g, n, w, acc);
+      }
     }
   }
 }
 
 // Merges the splits of (b, kvh) and writes o and lse.
+// states: the first chunk's state of (b, kvh); chunk c's is at c * stride.
 void MergeAndStore(const AttentionProblem& p, const Layout& g, int64_t b, int64_t kvh,
-                   const float* HWY_RESTRICT states, float* HWY_RESTRICT merged) {
+                   const float* HWY_RESTRICT states, int64_t stride, float* HWY_RESTRICT merged) {
   const hn::ScalableTag<float> d;
   const ScoreUnits units(p);
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   for (int64_t r = 0; r < g.rows; ++r) {
     float m = -std::numeric_limits<float>::infinity();
     const int64_t m_at = g.rows * g.dv_pad + r, l_at = m_at + g.rows_pad;
-    for (int64_t c = 0; c < g.splits; ++c) m = std::max(m, states[c * g.state + m_at]);
+    for (int64_t c = 0; c < g.splits; ++c) m = std::max(m, states[c * stride + m_at]);
     float l = 0.0f;
     std::fill(merged, merged + g.dv_pad, 0.0f);
     if (m != -std::numeric_limits<float>::infinity()) {
       for (int64_t c = 0; c < g.splits; ++c) {
-        const float* st = states + c * g.state;
+        const float* st = states + c * stride;
         if (st[l_at] == 0.0f) continue;  // no visible key in this chunk
         const float w = std::exp2((st[m_at] - m) * units.to_log2);
         l += w * st[l_at];
@@ -307,10 +345,11 @@ void DecodeForwardImpl(const AttentionProblem& p, int num_splits) {
     g.splits = num_splits;
   } else {
     // Enough chunks for 4 tasks per thread, none shorter than kMinChunk keys.
-    const int64_t want = (4 * p.num_threads + pairs - 1) / pairs;
+    const int64_t want = (4 * p.num_threads + p.batch - 1) / p.batch;
     g.splits = std::clamp<int64_t>(want, 1, std::max<int64_t>(1, max_keys / kMinChunk));
   }
   g.chunk = RoundUp(std::max<int64_t>(1, (max_keys + g.splits - 1) / g.splits), kBlock);
+  // states[((b * splits + chunk) * kv_heads + kvh) * g.state]
   auto states = hwy::AllocateAligned<float>(pairs * g.splits * g.state);
 
 #pragma omp parallel num_threads(p.num_threads)
@@ -318,24 +357,24 @@ void DecodeForwardImpl(const AttentionProblem& p, int num_splits) {
     ScopedFlushDenormals flush_denormals;
     DecodeScratch scratch(p, g);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < pairs * g.splits; ++t) {
-      const int64_t pair = t / g.splits;
-      const int64_t b = pair / p.kv_heads, kvh = pair % p.kv_heads;
+    for (int64_t t = 0; t < p.batch * g.splits; ++t) {
+      const int64_t b = t / g.splits;
       const int64_t j0 = std::min((t % g.splits) * g.chunk, p.keys(b));
       const int64_t j1 = std::min(j0 + g.chunk, p.keys(b));
-      float* state = states.get() + t * g.state;
+      float* state = states.get() + t * p.kv_heads * g.state;
       switch (p.kv_dtype) {
-        case DType::kFloat16: RunChunk<DType::kFloat16>(p, g, b, kvh, j0, j1, scratch, state); break;
-        case DType::kBFloat16: RunChunk<DType::kBFloat16>(p, g, b, kvh, j0, j1, scratch, state); break;
-        case DType::kInt8: RunChunk<DType::kInt8>(p, g, b, kvh, j0, j1, scratch, state); break;
-        default: RunChunk<DType::kFloat32>(p, g, b, kvh, j0, j1, scratch, state); break;
+        case DType::kFloat16: RunChunk<DType::kFloat16>(p, g, b, j0, j1, scratch, state); break;
+        case DType::kBFloat16: RunChunk<DType::kBFloat16>(p, g, b, j0, j1, scratch, state); break;
+        case DType::kInt8: RunChunk<DType::kInt8>(p, g, b, j0, j1, scratch, state); break;
+        default: RunChunk<DType::kFloat32>(p, g, b, j0, j1, scratch, state); break;
       }
     }
     auto merged = hwy::AllocateAligned<float>(g.dv_pad);
 #pragma omp for schedule(static)
     for (int64_t pair = 0; pair < pairs; ++pair) {
-      MergeAndStore(p, g, pair / p.kv_heads, pair % p.kv_heads,
-                    states.get() + pair * g.splits * g.state, merged.get());
+      const int64_t b = pair / p.kv_heads, kvh = pair % p.kv_heads;
+      MergeAndStore(p, g, b, kvh, states.get() + (b * g.splits * p.kv_heads + kvh) * g.state,
+                    p.kv_heads * g.state, merged.get());
     }
   }
 }
