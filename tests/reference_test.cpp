@@ -62,7 +62,8 @@ TEST(Reference, OneKeyOutputsItsValueRowAndLseIsTheScore) {
           EXPECT_EQ(o_at(c, r, b, i, h, d), w.v().at({b, 0, h / 2, d}));
         }
         double dot = 0;
-        for (int64_t d = 0; d < 7; ++d) dot += double{w.q().at({b, i, h, d})} * w.k().at({b, 0, h / 2, d});
+        for (int64_t d = 0; d < 7; ++d)
+          dot += double{w.q().at({b, i, h, d})} * w.k().at({b, 0, h / 2, d});
         EXPECT_NEAR(lse_at(c, r, b, h, i), scale * dot, kTight);
       }
     }
@@ -84,7 +85,8 @@ TEST(Reference, TwoKeysWithKnownScores) {
 }
 
 TEST(Reference, ScaleZeroGivesUniformAttention) {
-  const Case c = Case().batch(2).seq_q(4).seq_kv(5).heads(4).kv_heads(2).head_dim(8).head_dim_v(3).scale(0);
+  const Case c =
+      Case().batch(2).seq_q(4).seq_kv(5).heads(4).kv_heads(2).head_dim(8).head_dim_v(3).scale(0);
   Workload w(c);
   expect_uniform_over_visible(w, w.run(Backend::kReference),
                               [](int64_t, int64_t, int64_t, int64_t) { return true; });
@@ -94,8 +96,9 @@ TEST(Reference, CausalRows) {
   for (const auto& [sq, sk] : {std::pair{4, 4}, {3, 5}, {5, 3}}) {
     const Case br = Case().seq_q(sq).seq_kv(sk).scale(0).causal(CausalAlign::kBottomRight);
     Workload w_br(br);
-    expect_uniform_over_visible(w_br, w_br.run(Backend::kReference),
-                                [&](int64_t, int64_t, int64_t i, int64_t j) { return j <= i + sk - sq; });
+    expect_uniform_over_visible(
+        w_br, w_br.run(Backend::kReference),
+        [&](int64_t, int64_t, int64_t i, int64_t j) { return j <= i + sk - sq; });
     const Case tl = Case().seq_q(sq).seq_kv(sk).scale(0).causal(CausalAlign::kTopLeft);
     Workload w_tl(tl);
     expect_uniform_over_visible(w_tl, w_tl.run(Backend::kReference),
@@ -207,10 +210,12 @@ TEST(Reference, BoolMask) {
   const auto pattern = [](int64_t b, int64_t h, int64_t i, int64_t j) {
     return (i + 2 * j + h + b) % 3 != 0 ? 1.0f : 0.0f;
   };
-  const Case c = Case().batch(2).seq_q(4).seq_kv(6).heads(2).scale(0).mask_fn("(i+2j+h+b)%3", DType::kBool, pattern);
+  const Case c = Case().batch(2).seq_q(4).seq_kv(6).heads(2).scale(0).mask_fn(
+      "(i+2j+h+b)%3", DType::kBool, pattern);
   Workload w(c);
-  expect_uniform_over_visible(w, w.run(Backend::kReference),
-                              [&](int64_t b, int64_t h, int64_t i, int64_t j) { return pattern(b, h, i, j) != 0; });
+  expect_uniform_over_visible(
+      w, w.run(Backend::kReference),
+      [&](int64_t b, int64_t h, int64_t i, int64_t j) { return pattern(b, h, i, j) != 0; });
 }
 
 TEST(Reference, FloatMask) {
@@ -249,7 +254,8 @@ TEST(Reference, RowWithNoVisibleKeyGivesZeroAndNegInfEvenWithASink) {
   for (bool sinks : {false, true}) {
     // Row 1 of every head is fully masked; the others see keys.
     Case c = Case().seq_q(3).seq_kv(4).heads(2).mask_fn(
-        "row 1 empty", DType::kBool, [](int64_t, int64_t, int64_t i, int64_t) { return i == 1 ? 0.0f : 1.0f; });
+        "row 1 empty", DType::kBool,
+        [](int64_t, int64_t, int64_t i, int64_t) { return i == 1 ? 0.0f : 1.0f; });
     if (sinks) c.sinks();
     Workload w(c);
     const Result r = w.run(Backend::kReference);
@@ -293,7 +299,8 @@ TEST(Reference, SeqQZeroAndBatchZeroAreNoOps) {
 
 TEST(Reference, StridedLayoutsGiveBitwiseTheSameResult) {
   // Workload fills inputs in logical order, so a layout changes only memory.
-  const Case base = Case().batch(2).seq_q(5).seq_kv(9).heads(4).kv_heads(2).head_dim(6).head_dim_v(3).causal();
+  const Case base =
+      Case().batch(2).seq_q(5).seq_kv(9).heads(4).kv_heads(2).head_dim(6).head_dim_v(3).causal();
   const Result want = Workload(base).run(Backend::kReference);
   for (Layout l : {Layout::kBhsd, Layout::kPadded}) {
     Case c = base;
@@ -373,8 +380,9 @@ TEST(Reference, OutputsStayWithinTheRangeOfV) {
 }
 
 TEST(Reference, PermutingKeysAndValuesLeavesANonCausalResultUnchanged) {
-  for (const Case& c : {Case().batch(2).seq_q(6).seq_kv(17).heads(4).kv_heads(2).head_dim(5).head_dim_v(3),
-                        Case().seq_q(3).seq_kv(12).softcap(3).logits(10).sinks()}) {
+  for (const Case& c :
+       {Case().batch(2).seq_q(6).seq_kv(17).heads(4).kv_heads(2).head_dim(5).head_dim_v(3),
+        Case().seq_q(3).seq_kv(12).softcap(3).logits(10).sinks()}) {
     Workload w(c);
     const Result before = w.run(Backend::kReference);
     std::vector<int64_t> perm(static_cast<size_t>(c.seq_kv()));
@@ -385,7 +393,8 @@ TEST(Reference, PermutingKeysAndValuesLeavesANonCausalResultUnchanged) {
       for (int64_t j = 0; j < c.seq_kv(); ++j) {
         for (int64_t h = 0; h < c.kv_heads(); ++h) {
           for (int64_t d = 0; d < c.head_dim(); ++d) w.k().at({b, j, h, d}) = k0.at({b, perm[j], h, d});
-          for (int64_t d = 0; d < c.head_dim_v(); ++d) w.v().at({b, j, h, d}) = v0.at({b, perm[j], h, d});
+          for (int64_t d = 0; d < c.head_dim_v(); ++d)
+            w.v().at({b, j, h, d}) = v0.at({b, perm[j], h, d});
         }
       }
     }

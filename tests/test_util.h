@@ -354,19 +354,23 @@ Result naive_float32(const AttentionParams& params, NaiveVariant variant = Naive
 // near 0 by luck where the fast one is not (the ratio of two such draws
 // exceeds 2 about 30% of the time). With large logits the maximum is set by
 // the few rows with near ties, so even a max over the output is a handful of
-// draws: against the textbook variant alone, the flash kernel's FMA targets
-// measured up to 7x (96 of 1500 random runs with logits 30..1e3 over 2x),
-// against the max of the four variants at most 0.5x the budget. The yardstick
-// is still ~1e-7 for ordinary data, so anything wrong by more than a few ulp
-// is caught.
+// draws, and score rounding dominates: against the textbook variant alone
+// the flash kernel's FMA targets measured up to 7x the naive error (96 of
+// 1500 random runs with logits 30..1e3 over the budget); against the max of
+// the four variants, at most half the budget. (kLog2Fma rounds the scores
+// the way an FMA kernel does; the factor 2 then covers what differs: tiling,
+// the online softmax, the exp polynomial, the P.V order.) The yardstick is
+// still ~1e-7 for ordinary data, so anything wrong by more than a few ulp is
+// caught.
 //
 // Why 1e-6 * max|V|: o is a convex combination of V rows, so |o| <= max|V|;
 // 1e-6 * max|V| is ~16 float32 ulp of the largest possible output: room for
 // a handful of roundings where the naive error happens to be tiny (tiny
 // cases), and still orders of magnitude below any real bug. For lse the
-// same 1e-6 is taken relative to L (lse is always float32). With float16 or bfloat16 storage, o is rounded to it: two correct
-// float32 results on either side of a rounding boundary then differ by one
-// storage ulp, up to 2u * max|V|, whatever the naive error happens to be.
+// same 1e-6 is taken relative to L (lse is always float32). With float16 or
+// bfloat16 storage, o is rounded to it: two correct float32 results on either
+// side of a rounding boundary then differ by one storage ulp, up to
+// 2u * max|V|, whatever the naive error happens to be.
 struct Tolerance {
   static constexpr double kNaiveFactor = 2.0;
   static constexpr double kAbsolute = 1e-6;

@@ -6,7 +6,16 @@
 
 namespace qkv::internal {
 
-void run_attention(const AttentionProblem& problem, Backend backend, int num_splits) {
+// Below about a million multiply-adds a call is over before a second thread
+// has started: run it on the calling thread (also spares spin-waiting teams
+// when a caller issues thousands of tiny calls).
+constexpr double kSerialWork = 1 << 20;
+
+void run_attention(const AttentionProblem& problem_in, Backend backend, int num_splits) {
+  AttentionProblem problem = problem_in;
+  const double work = static_cast<double>(problem.batch) * problem.heads * problem.seq_q *
+                      problem.seq_kv * (problem.head_dim + problem.head_dim_v);
+  if (work < kSerialWork) problem.num_threads = 1;
   switch (backend) {
     case Backend::kReference:
       attention_reference(problem);

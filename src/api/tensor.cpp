@@ -29,11 +29,12 @@ const char* dtype_name(DType dtype) {
 
 int64_t Tensor::numel() const {
   int64_t n = 1;
-  for (int i = 0; i < rank; ++i) n *= shape[i];
+  for (int i = 0; i < rank && i < kMaxRank; ++i) n *= shape[i];
   return n;
 }
 
 std::string Tensor::shape_string() const {
+  if (rank < 0 || rank > kMaxRank) return "<rank " + std::to_string(rank) + ">";
   std::ostringstream out;
   out << '[';
   for (int i = 0; i < rank; ++i) out << (i ? ", " : "") << shape[i];
@@ -46,6 +47,7 @@ Tensor Tensor::contiguous(const void* data, DType dtype, std::initializer_list<i
   t.data = const_cast<void*>(data);
   t.dtype = dtype;
   t.rank = static_cast<int>(shape.size());
+  if (t.rank > kMaxRank) return t;  // rejected by validation, shape left empty
   int i = 0;
   for (int64_t s : shape) t.shape[i++] = s;
   int64_t stride = 1;

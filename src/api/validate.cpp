@@ -25,7 +25,10 @@ constexpr int64_t kMaxElements = int64_t{1} << 50;
 void check_view(const Tensor& t, const char* name, int rank) {
   // A view with no elements may have no data (e.g. an empty std::vector's).
   if (!t.present() && !(t.rank == rank && t.numel() == 0)) fail(name, " is required but has no data");
-  if (t.rank != rank) fail(name, " must have rank ", rank, " but has shape ", t.shape_string());
+  if (t.rank != rank) {
+    if (t.rank < 0 || t.rank > kMaxRank) fail(name, " must have rank ", rank, " but has rank ", t.rank);
+    fail(name, " must have rank ", rank, " but has shape ", t.shape_string());
+  }
   double elements = 1;
   for (int d = 0; d < rank; ++d) {
     if (t.shape[d] < 0) fail(name, " has a negative dimension: ", t.shape_string());
