@@ -17,7 +17,7 @@
 // Tile sizes: block_kv x head_dim of K plus V is 128 KiB at head_dim 128 and
 // the tile's Q and O (96 rows) 96 KiB: the working set stays in a 512 KiB L2
 // (see kTargetTileRows for long sequences).
-// Extra memory: the packed K/V of one round (<= 64 MiB unless a single head
+// Extra memory: the packed K/V of one round (<= 8 MiB unless a single head
 // needs more) plus O(tile) scratch per thread.
 
 #include "kernels/flash_forward.h"
@@ -50,7 +50,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 namespace {
 
-constexpr int64_t kPackBudgetBytes = int64_t{64} << 20;
+constexpr int64_t kPackBudgetBytes = int64_t{8} << 20;
 constexpr int64_t kPackChunkKeys = 512;  // keys per packing task
 // Rows (positions x group) per task: 96 keeps a tile's Q and O next to a K/V
 // block in a 512 KiB L2. When one head's packed K/V no longer fits the caches
@@ -104,33 +104,41 @@ struct Geometry {
 };
 
 // Packs keys [j0, min(j1, keys(b))) of one (batch, kv head): K^T panels and
-// V column panels.
+// V column panels. j0 is a multiple of the key panel. Keys of a panel are
+// widened into `rows` [2N][head_dim] first, then written out transposed in
+// order: sequential stores instead of one cache line per scattered element.
 void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kvh, int64_t j0,
               int64_t j1, float* HWY_RESTRICT kt, float* HWY_RESTRICT vp,
-              float* HWY_RESTRICT row) {
+              float* HWY_RESTRICT rows) {
   const int64_t keys = p.keys(b);
+  const int64_t kp = g.key_panel;
   j1 = std::min(j1, keys);
-  for (int64_t j = j0; j < j1; ++j) {
-    const AttentionProblem::Row key = p.key_row(b, j, kvh);
-    LoadRowScaled(p.kv_dtype, key.data, p.head_dim, key.scale, row);
-    float* panel = kt + (j / g.key_panel) * p.head_dim * g.key_panel + j % g.key_panel;
-    for (int64_t c = 0; c < p.head_dim; ++c) panel[c * g.key_panel] = row[c];
+  float* vrow = rows + kp * p.head_dim;
+  for (int64_t jp = j0; jp < j1; jp += kp) {
+    const int64_t n = std::min(kp, j1 - jp);  // < kp only in the last panel: padding keys are 0
+    for (int64_t l = 0; l < kp; ++l) {
+      float* row = rows + l * p.head_dim;
+      if (l < n) {
+        const AttentionProblem::Row key = p.key_row(b, jp + l, kvh);
+        LoadRowScaled(p.kv_dtype, key.data, p.head_dim, key.scale, row);
+      } else {
+        std::fill(row, row + p.head_dim, 0.0f);
+      }
+    }
+    float* panel = kt + (jp / kp) * p.head_dim * kp;
+    for (int64_t c = 0; c < p.head_dim; ++c) {
+      for (int64_t l = 0; l < kp; ++l) panel[c * kp + l] = rows[l * p.head_dim + c];
+    }
     // V in column panels: columns [c, c + w) of every key stored together as
     // [seq_kv][w] at vp + c * seq_kv, so P.V streams one contiguous panel.
-    float* vrow = row + p.head_dim;
-    const AttentionProblem::Row value = p.value_row(b, j, kvh);
-    LoadRowScaled(p.kv_dtype, value.data, p.head_dim_v, value.scale, vrow);
-    std::fill(vrow + p.head_dim_v, vrow + g.dv_pad, 0.0f);
-    for (int64_t c = 0; c < g.dv_pad; c += g.key_panel) {
-      const int64_t w = std::min(g.key_panel, g.dv_pad - c);
-      std::copy(vrow + c, vrow + c + w, vp + c * p.seq_kv + j * w);
-    }
-  }
-  // Zero the padding keys of the last panel so their products are finite.
-  if (j0 <= j1 && j1 == keys) {
-    for (int64_t j = keys; j < RoundUp(keys, g.key_panel); ++j) {
-      float* panel = kt + (j / g.key_panel) * p.head_dim * g.key_panel + j % g.key_panel;
-      for (int64_t c = 0; c < p.head_dim; ++c) panel[c * g.key_panel] = 0.0f;
+    for (int64_t j = jp; j < jp + n; ++j) {
+      const AttentionProblem::Row value = p.value_row(b, j, kvh);
+      LoadRowScaled(p.kv_dtype, value.data, p.head_dim_v, value.scale, vrow);
+      std::fill(vrow + p.head_dim_v, vrow + g.dv_pad, 0.0f);
+      for (int64_t c = 0; c < g.dv_pad; c += kp) {
+        const int64_t w = std::min(kp, g.dv_pad - c);
+        std::copy(vrow + c, vrow + c + w, vp + c * p.seq_kv + j * w);
+      }
     }
   }
 }
@@ -145,7 +153,7 @@ struct Scratch {
       : q(hwy::AllocateAligned<float>(g.tile_rows * p.head_dim)),
         o(hwy::AllocateAligned<float>(g.tile_rows * g.dv_pad)),
         s(hwy::AllocateAligned<float>(kMaxPanelRows * kScoreStride)),
-        row(hwy::AllocateAligned<float>(p.head_dim + g.dv_pad)),
+        row(hwy::AllocateAligned<float>(g.key_panel * p.head_dim + g.dv_pad)),
         m(hwy::AllocateAligned<float>(g.tile_rows)),
         l(hwy::AllocateAligned<float>(g.tile_rows)),
         alpha(hwy::AllocateAligned<float>(g.tile_rows)),
@@ -271,8 +279,9 @@ void FlashForwardImpl(const AttentionProblem& p) {
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < round * g.q_tiles; ++t) {
-        const int64_t pair = first + t % round;
-        const int64_t order = t / round;
+        // Head-major: the threads share one head's K/V in the last-level cache.
+        const int64_t pair = first + t / g.q_tiles;
+        const int64_t order = t % g.q_tiles;
         const int64_t tile = heavy_last ? g.q_tiles - 1 - order : order;
         const float* base = pack + (pair - first) * head_floats;
         RunTile(p, g, pair / p.kv_heads, pair % p.kv_heads, tile, base, base + g.k_floats,
