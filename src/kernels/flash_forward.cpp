@@ -256,9 +256,10 @@ void FlashForwardImpl(const AttentionProblem& p) {
   const Geometry g(p);
   const int64_t pairs = p.batch * p.kv_heads;
   const int64_t head_floats = g.k_floats + g.v_floats;
-  // Reused across calls (see thread_scratch): allocated before the parallel
-  // region, so std::bad_alloc reaches the caller.
-  float* const pack = thread_scratch(static_cast<size_t>(std::max<int64_t>(1, g.heads_per_round * head_floats)));
+  // Allocated before the parallel region, so std::bad_alloc reaches the caller.
+  const ScratchLease pack_lease =
+      acquire_scratch(static_cast<size_t>(g.heads_per_round * head_floats));
+  float* const pack = pack_lease.data;
   const int64_t chunks = std::max<int64_t>(1, CeilDiv(p.seq_kv, kPackChunkKeys));
   const bool heavy_last = p.causal;  // later query tiles see more keys
 

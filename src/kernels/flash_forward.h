@@ -10,8 +10,8 @@ namespace qkv::internal {
 
 // Writes o (and lse if requested) for a validated problem. Dispatches once to
 // the best SIMD target of this CPU. Extra memory is O(seq_kv * head_dim) for
-// the packed K/V of the heads in flight (kept by the calling thread for its
-// next call) plus O(tile) per thread; the seq_q x seq_kv score matrix never
+// the packed K/V of the heads in flight (up to 16 MiB of it kept by the calling
+// thread for its next call) plus O(tile) per thread; the seq_q x seq_kv score matrix never
 // exists. Throws std::bad_alloc when the pack buffer cannot be allocated.
 void flash_forward(const AttentionProblem& problem);
 

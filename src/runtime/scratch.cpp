@@ -2,21 +2,28 @@
 
 #include <new>
 
-#include "hwy/aligned_allocator.h"
-
 namespace qkv::internal {
 
-float* thread_scratch(size_t floats) {
-  thread_local hwy::AlignedFreeUniquePtr<float[]> buffer;
+ScratchLease acquire_scratch(size_t floats) {
+  if (floats == 0) floats = 1;
+  ScratchLease lease;
+  if (floats * sizeof(float) > kKeptScratchBytes) {
+    lease.owned = hwy::AllocateAligned<float>(floats);
+    if (!lease.owned) throw std::bad_alloc();
+    lease.data = lease.owned.get();
+    return lease;
+  }
+  thread_local hwy::AlignedFreeUniquePtr<float[]> kept;
   thread_local size_t capacity = 0;
-  if (floats > capacity || !buffer) {
-    buffer.reset();
+  if (floats > capacity) {
+    kept.reset();
     capacity = 0;
-    buffer = hwy::AllocateAligned<float>(floats > 0 ? floats : 1);
-    if (!buffer) throw std::bad_alloc();
+    kept = hwy::AllocateAligned<float>(floats);
+    if (!kept) throw std::bad_alloc();
     capacity = floats;
   }
-  return buffer.get();
+  lease.data = kept.get();
+  return lease;
 }
 
 }  // namespace qkv::internal
