@@ -36,6 +36,7 @@
 #include "bench_python.h"
 #include "bench_report.h"
 #include "commands.h"
+#include "random_inputs.h"
 #include "kernels/flash_forward.h"
 #include "memory_probe.h"
 #include "progress.h"
@@ -59,7 +60,6 @@ constexpr double kBaselineMemoryFraction = 0.6;
 constexpr auto kBlasIdle = std::chrono::milliseconds(250);
 // The case of the 1-thread vs N-thread row.
 const BenchCase kScalingCase{128, 32, 8, 2048, true, DType::kFloat32};
-constexpr uint64_t kSeed = 42;
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 struct BenchOptions {
@@ -73,24 +73,6 @@ struct BenchOptions {
 
 // ---------------------------------------------------------------- inputs
 
-// Uniform in [-1, 1), a pure function of (stream, index): the fill runs in
-// parallel and every run sees the same inputs.
-float random_value(uint64_t stream, uint64_t index) {
-  uint64_t x = kSeed ^ (stream * 0x9E3779B97F4A7C15ull) ^ (index * 0xBF58476D1CE4E5B9ull);
-  x ^= x >> 31;  // splitmix64 finalizer
-  x *= 0x94D049BB133111EBull;
-  x ^= x >> 29;
-  x *= 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 32;
-  return static_cast<float>(static_cast<double>(x >> 40) * 0x1p-23 - 1.0);
-}
-
-std::vector<float> random_tensor(int64_t count, uint64_t stream) {
-  std::vector<float> values(static_cast<size_t>(count));
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < count; ++i) values[i] = random_value(stream, static_cast<uint64_t>(i));
-  return values;
-}
 
 std::vector<uint16_t> to_bf16(const std::vector<float>& values) {
   std::vector<uint16_t> out(values.size());

@@ -46,6 +46,7 @@
 #include "kernels/flash_forward.h"
 #include "memory_probe.h"
 #include "progress.h"
+#include "random_inputs.h"
 #include "qkv/kv_cache.h"
 #include "qkv/version.h"
 #include "runtime/bandwidth_probe.h"
@@ -254,7 +255,6 @@ constexpr int64_t kHeads = 32;
 constexpr int64_t kKvHeads = 8;
 constexpr int64_t kHeadDim = 128;
 constexpr int64_t kFillChunk = 4096;  // tokens per append
-constexpr uint64_t kSeed = 42;
 // A (context, type) runs only if its cache takes at most this fraction of MemAvailable.
 constexpr double kMemoryFraction = 0.7;
 // Timing: warm-up steps (one if it alone takes kTargetSeconds), then steps
@@ -285,17 +285,6 @@ struct DecodeOptions {
   bool quick = false;
 };
 
-// Uniform in [-1, 1), a pure function of (stream, index) (as in `qkv bench`):
-// every cache type holds the same values before its own rounding.
-float random_value(uint64_t stream, uint64_t index) {
-  uint64_t x = kSeed ^ (stream * 0x9E3779B97F4A7C15ull) ^ (index * 0xBF58476D1CE4E5B9ull);
-  x ^= x >> 31;  // splitmix64 finalizer
-  x *= 0x94D049BB133111EBull;
-  x ^= x >> 29;
-  x *= 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 32;
-  return static_cast<float>(static_cast<double>(x >> 40) * 0x1p-23 - 1.0);
-}
 
 DType parse_type(const std::string& name) {
   if (name == "f32" || name == "fp32" || name == "float32") return DType::kFloat32;

@@ -22,6 +22,7 @@
 
 #include "baseline.h"
 #include "commands.h"
+#include "random_inputs.h"
 #include "memory_probe.h"
 #include "progress.h"
 #include "qkv/attention.h"
@@ -32,7 +33,6 @@ namespace {
 constexpr int64_t kHeads = 8;
 constexpr int64_t kKvHeads = 2;
 constexpr int64_t kHeadDim = 128;
-constexpr uint64_t kSeed = 42;
 // From this length on a call is timed once (the baseline at 16K writes 8 GiB
 // of scores; qkv at 64K runs for a minute); below it, the median of 3.
 constexpr int64_t kSingleRunSeq = 16384;
@@ -50,24 +50,6 @@ struct DemoOptions {
   int threads = 0;
 };
 
-// Uniform in [-1, 1), a pure function of (stream, index) so the fill runs in
-// parallel and every run of the demo sees the same inputs.
-float random_value(uint64_t stream, uint64_t index) {
-  uint64_t x = kSeed ^ (stream * 0x9E3779B97F4A7C15ull) ^ (index * 0xBF58476D1CE4E5B9ull);
-  x ^= x >> 31;  // splitmix64 finalizer
-  x *= 0x94D049BB133111EBull;
-  x ^= x >> 29;
-  x *= 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 32;
-  return static_cast<float>(static_cast<double>(x >> 40) * 0x1p-23 - 1.0);
-}
-
-std::vector<float> random_tensor(int64_t count, uint64_t stream) {
-  std::vector<float> values(static_cast<size_t>(count));
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < count; ++i) values[i] = random_value(stream, static_cast<uint64_t>(i));
-  return values;
-}
 
 // Inputs of one sequence length: q [1, seq, 8, 128], k and v [1, seq, 2, 128].
 struct Inputs {
@@ -250,7 +232,7 @@ void run_demo(const DemoOptions& options) {
       "qkv demo: causal attention (bottom-right), batch 1, %lld query heads sharing %lld KV heads, "
       "head_dim %lld, float32, random inputs (seed %llu), %d thread%s\n\n",
       static_cast<long long>(kHeads), static_cast<long long>(kKvHeads), static_cast<long long>(kHeadDim),
-      static_cast<unsigned long long>(kSeed), threads, threads == 1 ? "" : "s");
+      static_cast<unsigned long long>(kInputSeed), threads, threads == 1 ? "" : "s");
   std::fflush(stdout);
 
   ProgressLine progress;

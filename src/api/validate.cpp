@@ -6,18 +6,12 @@
 #include <sstream>
 #include <string>
 
+#include "api/fail.h"
 #include "qkv/error.h"
 #include "runtime/threads.h"
 
 namespace qkv::internal {
 namespace {
-
-template <typename... Parts>
-[[noreturn]] void fail(const Parts&... parts) {
-  std::ostringstream out;
-  (out << ... << parts);
-  throw Error(out.str());
-}
 
 // Max elements of one tensor: keeps every offset computation in int64 range.
 constexpr int64_t kMaxElements = int64_t{1} << 50;

@@ -9,18 +9,14 @@
 
 #include "api/tensor_access.h"
 #include "cache/rope.h"
+#include "api/fail.h"
 #include "qkv/error.h"
 #include "runtime/half.h"
 
 namespace qkv {
 namespace {
 
-template <typename... Parts>
-[[noreturn]] void fail(const Parts&... parts) {
-  std::ostringstream out;
-  (out << ... << parts);
-  throw Error(out.str());
-}
+using internal::fail;
 
 // Stores row[0, n) as `dtype` at dst; int8 rows get scale = max|x| / 127.
 void store_row(DType dtype, const float* row, int64_t n, void* dst, float* scale) {

@@ -14,18 +14,14 @@
 
 #include "cache/rope.h"
 #include "layers/matmul.h"
+#include "api/fail.h"
 #include "qkv/error.h"
 #include "runtime/half.h"
 
 namespace qkv {
 namespace {
 
-template <typename... Parts>
-[[noreturn]] void fail(const Parts&... parts) {
-  std::ostringstream out;
-  (out << ... << parts);
-  throw Error(out.str());
-}
+using internal::fail;
 
 bool is_float_dtype(DType t) {
   return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16;
