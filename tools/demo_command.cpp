@@ -196,6 +196,8 @@ void print_report(const std::vector<Row>& rows, const DemoOptions& options, int 
       "          and threads.\n"
       "peak      resident memory a call adds on top of its inputs and outputs;\n"
       "          %s.\n"
+      "          qkv keeps a pack buffer of up to 16 MiB per calling thread between calls:\n"
+      "          a call that fits the one kept adds less.\n"
       "GFLOP/s   4*heads*seq^2*head_dim, halved for causal. Times are the median of 3 runs below\n"
       "          seq %lld, one run from there on.\n",
       threads, threads == 1 ? "" : "s", static_cast<long long>(kHeads), peak_method_description(method),
