@@ -58,7 +58,7 @@ struct Window {
 // Tile sizes of the flash kernel; 0 = chosen from head_dim and the caches.
 struct Tiling {
   int block_q = 0;   // query positions per task (times the GQA group = rows)
-  int block_kv = 0;  // keys per inner block
+  int block_kv = 0;  // keys per inner block (rounded up to 2 SIMD vectors, at most 512)
 };
 
 struct AttentionParams {

@@ -19,55 +19,6 @@ namespace qkv::internal {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// out[0, n) = scale * row[0, n), row of storage type `dtype` (not kBool; for
-// kInt8 `scale` carries the row's quantization scale).
-HWY_INLINE void LoadRowScaled(DType dtype, const void* row, int64_t n, float scale,
-                              float* HWY_RESTRICT out) {
-  const hn::ScalableTag<float> d;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  const auto vscale = hn::Set(d, scale);
-  int64_t i = 0;
-  switch (dtype) {
-    case DType::kFloat32: {
-      const float* src = static_cast<const float*>(row);
-      for (; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, src + i), vscale), d, out + i);
-      for (; i < n; ++i) out[i] = src[i] * scale;
-      break;
-    }
-    case DType::kFloat16: {
-      const hn::Rebind<hwy::float16_t, decltype(d)> dh;
-      const hwy::float16_t* src = static_cast<const hwy::float16_t*>(row);
-      for (; i + N <= n; i += N) {
-        hn::StoreU(hn::Mul(hn::PromoteTo(d, hn::LoadU(dh, src + i)), vscale), d, out + i);
-      }
-      for (; i < n; ++i) out[i] = f32_from_f16(src[i].bits) * scale;
-      break;
-    }
-    case DType::kBFloat16: {
-      const hn::Rebind<hwy::bfloat16_t, decltype(d)> db;
-      const hwy::bfloat16_t* src = static_cast<const hwy::bfloat16_t*>(row);
-      for (; i + N <= n; i += N) {
-        hn::StoreU(hn::Mul(hn::PromoteTo(d, hn::LoadU(db, src + i)), vscale), d, out + i);
-      }
-      for (; i < n; ++i) out[i] = f32_from_bf16(src[i].bits) * scale;
-      break;
-    }
-    case DType::kInt8: {
-      const hn::Rebind<int8_t, decltype(d)> d8;
-      const hn::Rebind<int32_t, decltype(d)> d32;
-      const int8_t* src = static_cast<const int8_t*>(row);
-      for (; i + N <= n; i += N) {
-        const auto wide = hn::PromoteTo(d32, hn::LoadU(d8, src + i));
-        hn::StoreU(hn::Mul(hn::ConvertTo(d, wide), vscale), d, out + i);
-      }
-      for (; i < n; ++i) out[i] = static_cast<float>(src[i]) * scale;
-      break;
-    }
-    case DType::kBool:
-      break;
-  }
-}
-
 // N floats from element i of a row of storage type kDtype (any but kBool);
 // int8 values come back unscaled.
 template <DType kDtype, class D>
@@ -84,6 +35,44 @@ HWY_INLINE hn::Vec<D> LoadAsFloat(D d, const void* HWY_RESTRICT row, int64_t i) 
     return hn::ConvertTo(d, hn::PromoteTo(d32, hn::LoadU(d8, static_cast<const int8_t*>(row) + i)));
   } else {
     return hn::LoadU(d, static_cast<const float*>(row) + i);
+  }
+}
+
+// Element i of a row of storage type kDtype as float (int8 unscaled).
+template <DType kDtype>
+HWY_INLINE float ElementAsFloat(const void* HWY_RESTRICT row, int64_t i) {
+  if constexpr (kDtype == DType::kFloat16) {
+    return f32_from_f16(static_cast<const uint16_t*>(row)[i]);
+  } else if constexpr (kDtype == DType::kBFloat16) {
+    return f32_from_bf16(static_cast<const uint16_t*>(row)[i]);
+  } else if constexpr (kDtype == DType::kInt8) {
+    return static_cast<float>(static_cast<const int8_t*>(row)[i]);
+  } else {
+    return static_cast<const float*>(row)[i];
+  }
+}
+
+template <DType kDtype>
+HWY_INLINE void LoadRowScaledAs(const void* HWY_RESTRICT row, int64_t n, float scale,
+                                float* HWY_RESTRICT out) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const auto vscale = hn::Set(d, scale);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(hn::Mul(LoadAsFloat<kDtype>(d, row, i), vscale), d, out + i);
+  for (; i < n; ++i) out[i] = ElementAsFloat<kDtype>(row, i) * scale;
+}
+
+// out[0, n) = scale * row[0, n), row of storage type `dtype` (not kBool; for
+// kInt8 `scale` carries the row's quantization scale).
+HWY_INLINE void LoadRowScaled(DType dtype, const void* row, int64_t n, float scale,
+                              float* HWY_RESTRICT out) {
+  switch (dtype) {
+    case DType::kFloat32: return LoadRowScaledAs<DType::kFloat32>(row, n, scale, out);
+    case DType::kFloat16: return LoadRowScaledAs<DType::kFloat16>(row, n, scale, out);
+    case DType::kBFloat16: return LoadRowScaledAs<DType::kBFloat16>(row, n, scale, out);
+    case DType::kInt8: return LoadRowScaledAs<DType::kInt8>(row, n, scale, out);
+    case DType::kBool: return;
   }
 }
 

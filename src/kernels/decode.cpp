@@ -22,7 +22,6 @@
 #include <cstdint>
 #include <limits>
 
-#include "runtime/half.h"
 #include "runtime/threads.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -71,16 +70,7 @@ HWY_INLINE void ScoreBlock(D d, const float* HWY_RESTRICT q, int64_t head_dim,
     if (c < head_dim) {
       // Tail of a head_dim that is not a multiple of N: one element at a time.
       for (int64_t t = c; t < head_dim; ++t) {
-        float kt;
-        if constexpr (kDtype == DType::kFloat32) {
-          kt = static_cast<const float*>(k_rows[j])[t];
-        } else if constexpr (kDtype == DType::kFloat16) {
-          kt = f32_from_f16(static_cast<const uint16_t*>(k_rows[j])[t]);
-        } else if constexpr (kDtype == DType::kBFloat16) {
-          kt = f32_from_bf16(static_cast<const uint16_t*>(k_rows[j])[t]);
-        } else {
-          kt = static_cast<const int8_t*>(k_rows[j])[t];
-        }
+        const float kt = ElementAsFloat<kDtype>(k_rows[j], t);
         for (int r = 0; r < kRows; ++r) s[r * kBlock + j] += q[r * head_dim + t] * kt;
       }
     }
