@@ -93,6 +93,16 @@ struct AttentionProblem {
   };
   Row key_row(int64_t b, int64_t j, int64_t h) const;
   Row value_row(int64_t b, int64_t j, int64_t h) const;
+  // The rows of every kv head of token j of batch b: kv head h's row starts
+  // at data + h * head_bytes and its scale is scales[h] (1 when scales is null).
+  struct TokenRows {
+    const char* data;
+    const float* scales;
+    int64_t head_bytes;
+    Row row(int64_t h) const { return {data + h * head_bytes, scales ? scales[h] : 1.0f}; }
+  };
+  TokenRows key_token(int64_t b, int64_t j) const;
+  TokenRows value_token(int64_t b, int64_t j) const;
   bool has_alibi() const { return alibi != nullptr; }
   bool has_mask() const { return mask != nullptr; }
   float alibi_slope(int64_t b, int64_t h) const {
@@ -123,6 +133,30 @@ inline AttentionProblem::Row AttentionProblem::value_row(int64_t b, int64_t j, i
   const float* scales = cache->v_scales();
   return {static_cast<const char*>(cache->v_data()) + slot * head_dim_v * elem,
           scales ? scales[slot] : 1.0f};
+}
+
+inline AttentionProblem::TokenRows AttentionProblem::key_token(int64_t b, int64_t j) const {
+  const int64_t elem = static_cast<int64_t>(dtype_size(kv_dtype));
+  if (cache == nullptr) {
+    return {static_cast<const char*>(k) + k_stride.offset(b, j, 0) * elem, nullptr,
+            k_stride.head * elem};
+  }
+  const int64_t slot = cache->token_index(b, j) * kv_heads;
+  const float* scales = cache->k_scales();
+  return {static_cast<const char*>(cache->k_data()) + slot * head_dim * elem,
+          scales ? scales + slot : nullptr, head_dim * elem};
+}
+
+inline AttentionProblem::TokenRows AttentionProblem::value_token(int64_t b, int64_t j) const {
+  const int64_t elem = static_cast<int64_t>(dtype_size(kv_dtype));
+  if (cache == nullptr) {
+    return {static_cast<const char*>(v) + v_stride.offset(b, j, 0) * elem, nullptr,
+            v_stride.head * elem};
+  }
+  const int64_t slot = cache->token_index(b, j) * kv_heads;
+  const float* scales = cache->v_scales();
+  return {static_cast<const char*>(cache->v_data()) + slot * head_dim_v * elem,
+          scales ? scales + slot : nullptr, head_dim_v * elem};
 }
 
 }  // namespace qkv::internal

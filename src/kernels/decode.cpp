@@ -22,6 +22,11 @@
 #include <cstdint>
 #include <limits>
 
+#include "hwy/base.h"
+#if HWY_ARCH_X86
+#include <xmmintrin.h>  // _mm_prefetch
+#endif
+
 #include "runtime/threads.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -44,37 +49,96 @@ namespace {
 
 constexpr int64_t kBlock = 64;           // keys per block
 constexpr int64_t kMinChunk = 256;       // keys per task at least
-constexpr int kScoreRows = 8;            // rows per pass over a K row (registers)
+constexpr int kKeyGroup = 4;             // keys per pass over the q rows
 constexpr int kValueRows = 4;            // rows per pass over a V block
+// Rows per pass over a group of K rows: kScoreRows x kKeyGroup accumulators
+// plus kKeyGroup key vectors must fit the register file.
+constexpr int kScoreRows = kMaxPanelRows == 12 ? 4 : 2;
 
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// s[r][j] = q[r] . k_j * k_scale_j for r < kRows, keys j < n of the block.
-//   q: [kRows][head_dim] floats (pre-scaled); s row stride kBlock
+enum PrefetchLevel { kToL1, kToL2 };
+// Software prefetch of one cache line (a no-op where the target has none).
+template <PrefetchLevel kLevel>
+HWY_INLINE void Prefetch(const char* p) {
+#if HWY_ARCH_X86
+  _mm_prefetch(p, kLevel == kToL1 ? _MM_HINT_T0 : _MM_HINT_T1);
+#else
+  hwy::Prefetch(p);
+#endif
+}
+
+#if HWY_TARGET == HWY_SCALAR
+// One lane per vector: the sums are the lanes.
+template <class D>
+HWY_INLINE void StoreSumsOf4(D, hn::Vec<D> a, hn::Vec<D> b, hn::Vec<D> c, hn::Vec<D> e,
+                             float* HWY_RESTRICT out) {
+  out[0] = hn::GetLane(a);
+  out[1] = hn::GetLane(b);
+  out[2] = hn::GetLane(c);
+  out[3] = hn::GetLane(e);
+}
+#else
+// out[0..4) = the sum of the 128-bit blocks of v.
+template <class D>
+HWY_INLINE void StoreFoldedBlocks(D d, hn::Vec<D> v, float* HWY_RESTRICT out) {
+  if constexpr (hn::MaxLanes(d) > 4) {
+    const hn::Half<D> dh;
+    StoreFoldedBlocks(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)), out);
+  } else {
+    hn::StoreU(v, d, out);
+  }
+}
+
+// Sums of four vectors a, b, c, e into out[0..4), in one fixed order per
+// lane position whatever the other three vectors are (so a key's score does
+// not depend on its neighbours): pairs of lanes within each 128-bit block,
+// then the blocks folded by halves.
+template <class D>
+HWY_INLINE void StoreSumsOf4(D d, hn::Vec<D> a, hn::Vec<D> b, hn::Vec<D> c, hn::Vec<D> e,
+                             float* HWY_RESTRICT out) {
+  // Per block: ab = [a0+a2, b0+b2, a1+a3, b1+b3], ce likewise; then the
+  // 64-bit halves: [a, b, c, e] per block.
+  const hn::Vec<D> ab = hn::Add(hn::InterleaveLower(d, a, b), hn::InterleaveUpper(d, a, b));
+  const hn::Vec<D> ce = hn::Add(hn::InterleaveLower(d, c, e), hn::InterleaveUpper(d, c, e));
+  const hn::Repartition<uint64_t, D> du;
+  const auto ab64 = hn::BitCast(du, ab), ce64 = hn::BitCast(du, ce);
+  const hn::Vec<D> sums = hn::Add(hn::BitCast(d, hn::InterleaveLower(du, ab64, ce64)),
+                                  hn::BitCast(d, hn::InterleaveUpper(du, ab64, ce64)));
+  StoreFoldedBlocks(d, sums, out);
+}
+#endif  // HWY_TARGET == HWY_SCALAR
+
+// Scores of kKeyGroup keys for kRows rows, all of one kv head:
+//   s[r * s_stride + t] = q[r] . k_t  for r < kRows, t < kKeyGroup
+//   q: [kRows][head_dim] floats (pre-scaled); k_t: k_rows[t] in the cache's type.
+// Each K vector is loaded and converted once for all kRows rows. A key's score
+// is the same bits wherever it sits in a group (StoreSumsOf4).
 template <DType kDtype, int kRows, class D>
-HWY_INLINE void ScoreBlock(D d, const float* HWY_RESTRICT q, int64_t head_dim,
-                           const void* const* k_rows, const float* k_scales, int64_t n,
-                           float* HWY_RESTRICT s) {
+HWY_NOINLINE void ScoreKeys(D d, const float* HWY_RESTRICT q, int64_t head_dim,
+                          const void* const* k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
   using V = hn::Vec<D>;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  for (int64_t j = 0; j < n; ++j) {
-    if (j + 4 < n) hwy::Prefetch(k_rows[j + 4]);
-    V acc[kRows];
-    for (int r = 0; r < kRows; ++r) acc[r] = hn::Zero(d);
-    int64_t c = 0;
-    for (; c + N <= head_dim; c += N) {
-      const V kv = LoadAsFloat<kDtype>(d, k_rows[j], c);
-      for (int r = 0; r < kRows; ++r) acc[r] = hn::MulAdd(hn::LoadU(d, q + r * head_dim + c), kv, acc[r]);
+  V acc[kRows][kKeyGroup];
+  for (int r = 0; r < kRows; ++r) {
+    for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = hn::Zero(d);
+  }
+  int64_t c = 0;
+  for (; c + N <= head_dim; c += N) {
+    V k[kKeyGroup];
+    for (int t = 0; t < kKeyGroup; ++t) k[t] = LoadAsFloat<kDtype>(d, k_rows[t], c);
+    for (int r = 0; r < kRows; ++r) {
+      const V qr = hn::LoadU(d, q + r * head_dim + c);
+      for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = hn::MulAdd(qr, k[t], acc[r][t]);
     }
-    for (int r = 0; r < kRows; ++r) s[r * kBlock + j] = hn::GetLane(hn::SumOfLanes(d, acc[r]));
-    if (c < head_dim) {
-      // Tail of a head_dim that is not a multiple of N: one element at a time.
-      for (int64_t t = c; t < head_dim; ++t) {
-        const float kt = ElementAsFloat<kDtype>(k_rows[j], t);
-        for (int r = 0; r < kRows; ++r) s[r * kBlock + j] += q[r * head_dim + t] * kt;
-      }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    float* sr = s + r * s_stride;
+    StoreSumsOf4(d, acc[r][0], acc[r][1], acc[r][2], acc[r][3], sr);
+    // Tail of a head_dim that is not a multiple of N: one element at a time.
+    for (int64_t e = c; e < head_dim; ++e) {
+      for (int t = 0; t < kKeyGroup; ++t) sr[t] += q[r * head_dim + e] * ElementAsFloat<kDtype>(k_rows[t], e);
     }
-    for (int r = 0; r < kRows; ++r) s[r * kBlock + j] *= k_scales[j];
   }
 }
 
@@ -134,60 +198,51 @@ struct Layout {
                         // acc [rows][dv_pad], m [rows_pad], l [rows_pad]
 };
 
-// Per-thread scratch.
+// Per-thread scratch. Per kv head h: score rows s[h * rows + r][kBlock],
+// the block's row pointers and scales at [h * kBlock + j].
 struct DecodeScratch {
   hwy::AlignedFreeUniquePtr<float[]> q, s, alpha, k_scale, v_scale, v_buf;
   hwy::AlignedFreeUniquePtr<const void*[]> k_rows, v_rows;
   hwy::AlignedFreeUniquePtr<TileRow[]> rows;
   DecodeScratch(const AttentionProblem& p, const Layout& g)
       : q(hwy::AllocateAligned<float>(p.kv_heads * g.rows * p.head_dim)),
-        s(hwy::AllocateAligned<float>(g.rows * kBlock)),
+        s(hwy::AllocateAligned<float>(p.kv_heads * g.rows * kBlock)),
         alpha(hwy::AllocateAligned<float>(g.rows)),
-        k_scale(hwy::AllocateAligned<float>(kBlock)),
-        v_scale(hwy::AllocateAligned<float>(kBlock)),
+        k_scale(hwy::AllocateAligned<float>(p.kv_heads * kBlock)),
+        v_scale(hwy::AllocateAligned<float>(p.kv_heads * kBlock)),
         v_buf(hwy::AllocateAligned<float>(kBlock * g.dv_pad)),
-        k_rows(hwy::AllocateAligned<const void*>(kBlock)),
-        v_rows(hwy::AllocateAligned<const void*>(kBlock)),
+        k_rows(hwy::AllocateAligned<const void*>(p.kv_heads * kBlock)),
+        v_rows(hwy::AllocateAligned<const void*>(p.kv_heads * kBlock)),
         rows(hwy::AllocateAligned<TileRow>(p.kv_heads * g.rows)) {}
 };
 
 // acc = alpha * acc + P.V over the block's n keys, rows in groups of
 // kValueRows, columns in passes of up to 4 vectors (fewer passes over V and
 // fewer broadcasts of P per key).
+//   p: [rows][kBlock] weights; v_rows: the block's n value rows of one kv head.
 template <DType kDtype>
-void AccumulateValues(const Layout& g, int64_t n, DecodeScratch& w, float* HWY_RESTRICT acc) {
+HWY_NOINLINE void AccumulateValues(const Layout& g, int64_t n, const float* HWY_RESTRICT p,
+                      const void* const* v_rows, const float* HWY_RESTRICT alpha_rows,
+                      float* HWY_RESTRICT acc) {
   const hn::ScalableTag<float> d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   for (int64_t r0 = 0; r0 < g.rows; r0 += kValueRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kValueRows, g.rows - r0));
-    const float* pw = w.s.get() + r0 * kBlock;
-    const float* alpha = w.alpha.get() + r0;
+    const float* pw = p + r0 * kBlock;
+    const float* alpha = alpha_rows + r0;
     float* o = acc + r0 * g.dv_pad;
     WithRows<kValueRows>(rows, [&](auto kRows) {
       int64_t c = 0;
       if constexpr (kMaxPanelRows == 12) {  // 32 vector registers: 16 accumulators fit
         for (; c + 4 * N <= g.dv_pad; c += 4 * N) {
-          ValueBlock<kDtype, kRows(), 4>(d, pw, w.v_rows.get(), n, c, alpha, o, g.dv_pad);
+          ValueBlock<kDtype, kRows(), 4>(d, pw, v_rows, n, c, alpha, o, g.dv_pad);
         }
       }
       for (; c + 2 * N <= g.dv_pad; c += 2 * N) {
-        ValueBlock<kDtype, kRows(), 2>(d, pw, w.v_rows.get(), n, c, alpha, o, g.dv_pad);
+        ValueBlock<kDtype, kRows(), 2>(d, pw, v_rows, n, c, alpha, o, g.dv_pad);
       }
-      if (c < g.dv_pad) ValueBlock<kDtype, kRows(), 1>(d, pw, w.v_rows.get(), n, c, alpha, o, g.dv_pad);
+      if (c < g.dv_pad) ValueBlock<kDtype, kRows(), 1>(d, pw, v_rows, n, c, alpha, o, g.dv_pad);
     });
-  }
-}
-
-// Prefetches the K and V rows of keys [j0, j1) for every kv head: with the
-// [token, kv_head, dim] layout they are one contiguous run per token.
-void PrefetchKeys(const AttentionProblem& p, int64_t b, int64_t j0, int64_t j1) {
-  const int64_t k_bytes = p.kv_heads * p.head_dim * static_cast<int64_t>(dtype_size(p.kv_dtype));
-  const int64_t v_bytes = p.kv_heads * p.head_dim_v * static_cast<int64_t>(dtype_size(p.kv_dtype));
-  for (int64_t j = j0; j < j1; ++j) {
-    const char* k = static_cast<const char*>(p.key_row(b, j, 0).data);
-    const char* v = static_cast<const char*>(p.value_row(b, j, 0).data);
-    for (int64_t at = 0; at < k_bytes; at += 64) hwy::Prefetch(k + at);
-    for (int64_t at = 0; at < v_bytes; at += 64) hwy::Prefetch(v + at);
   }
 }
 
@@ -202,6 +257,7 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const ScoreUnits units(p);
   const size_t q_elem = dtype_size(p.dtype);
+  const int64_t elem_kv = static_cast<int64_t>(dtype_size(p.kv_dtype));
 
   // Rows of every kv head; the visible interval depends on the query only.
   int64_t key_begin = j1, key_end = j0;
@@ -230,54 +286,95 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
   }
 
   const bool plain = p.softcap == 0 && !p.has_alibi() && !p.has_mask();
-  if (key_begin < key_end) PrefetchKeys(p, b, key_begin, std::min(key_begin + kBlock, key_end));
   for (int64_t k0 = key_begin; k0 < key_end; k0 += kBlock) {
     const int64_t n = std::min(kBlock, key_end - k0);
     const int64_t n_pad = RoundUp(n, N);
-    PrefetchKeys(p, b, k0 + n, std::min(k0 + n + kBlock, key_end));  // the next block
+    // Row pointers and scales of the block; the last key stands in for the
+    // keys that complete the last group of kKeyGroup (their scores become
+    // -inf with the padding).
+    for (int64_t j = 0; j < RoundUp(n_pad, kKeyGroup); ++j) {
+      const int64_t key = k0 + std::min(j, n - 1);
+      const AttentionProblem::TokenRows kt = p.key_token(b, key), vt = p.value_token(b, key);
+      for (int64_t kvh = 0; kvh < p.kv_heads; ++kvh) {
+        const AttentionProblem::Row k = kt.row(kvh), v = vt.row(kvh);
+        w.k_rows[kvh * kBlock + j] = k.data;
+        w.k_scale[kvh * kBlock + j] = k.scale;
+        w.v_rows[kvh * kBlock + j] = v.data;
+        w.v_scale[kvh * kBlock + j] = v.scale;
+      }
+    }
+    // 1. Scores, token-major: a token's K rows of all kv heads are adjacent
+    //    in the cache, so the block's K is read as one forward stream. The
+    //    same pass prefetches this block's V rows, in the order P.V reads
+    //    them, and the next block's K.
+    const int64_t k_lines = (p.head_dim * elem_kv + 63) / 64, v_lines = (p.head_dim_v * elem_kv + 63) / 64;
+    for (int64_t j = 0; j < n; j += kKeyGroup) {
+      AttentionProblem::TokenRows next_k[kKeyGroup];
+      int next_n = 0;
+      for (; next_n < kKeyGroup && k0 + kBlock + j + next_n < key_end; ++next_n) {
+        next_k[next_n] = p.key_token(b, k0 + kBlock + j + next_n);
+      }
+      for (int64_t kvh = 0; kvh < p.kv_heads; ++kvh) {
+        for (int t = 0; t < kKeyGroup; ++t) {
+          const char* v = static_cast<const char*>(w.v_rows[kvh * kBlock + j + t]);
+          for (int64_t line = 0; line < v_lines; ++line) Prefetch<kToL1>(v + line * 64);
+        }
+        for (int t = 0; t < next_n; ++t) {
+          const char* k = next_k[t].data + kvh * next_k[t].head_bytes;
+          for (int64_t line = 0; line < k_lines; ++line) Prefetch<kToL2>(k + line * 64);
+        }
+        for (int64_t r0 = 0; r0 < g.rows; r0 += kScoreRows) {
+          const int nr = static_cast<int>(std::min<int64_t>(kScoreRows, g.rows - r0));
+          const int64_t row = kvh * g.rows + r0;
+          WithRows<kScoreRows>(nr, [&](auto kRows) {
+            ScoreKeys<kDtype, kRows()>(d, w.q.get() + row * p.head_dim, p.head_dim,
+                                       w.k_rows.get() + kvh * kBlock + j,
+                                       w.s.get() + row * kBlock + j, kBlock);
+          });
+        }
+      }
+    }
+    // 2. Per kv head: options and online softmax per row, then P.V.
     for (int64_t kvh = 0; kvh < p.kv_heads; ++kvh) {
       float* state = states + kvh * g.state;
       float* acc = state;
       float* m = state + g.rows * g.dv_pad;
       float* l = m + g.rows_pad;
       const TileRow* rows = w.rows.get() + kvh * g.rows;
-      for (int64_t j = 0; j < n; ++j) {
-        const AttentionProblem::Row key = p.key_row(b, k0 + j, kvh);
-        const AttentionProblem::Row value = p.value_row(b, k0 + j, kvh);
-        w.k_rows[j] = key.data;
-        w.k_scale[j] = key.scale;
-        w.v_rows[j] = value.data;
-        w.v_scale[j] = value.scale;
-      }
-      for (int64_t r0 = 0; r0 < g.rows; r0 += kScoreRows) {
-        const int nr = static_cast<int>(std::min<int64_t>(kScoreRows, g.rows - r0));
-        WithRows<kScoreRows>(nr, [&](auto kRows) {
-          ScoreBlock<kDtype, kRows()>(d, w.q.get() + (kvh * g.rows + r0) * p.head_dim, p.head_dim,
-                                      w.k_rows.get(), w.k_scale.get(), n, w.s.get() + r0 * kBlock);
-        });
-      }
+      float* s = w.s.get() + kvh * g.rows * kBlock;
+      const float* k_scale = w.k_scale.get() + kvh * kBlock;
+      const float* v_scale = w.v_scale.get() + kvh * kBlock;
       for (int64_t r = 0; r < g.rows; ++r) {
-        float* sr = w.s.get() + r * kBlock;
+        float* sr = s + r * kBlock;
+        if constexpr (kDtype == DType::kInt8) {
+          for (int64_t j = 0; j < n; j += N) {
+            hn::Store(hn::Mul(hn::Load(d, sr + j), hn::LoadU(d, k_scale + j)), d, sr + j);
+          }
+        }
         const bool full = rows[r].lo <= k0 && rows[r].hi >= k0 + n - 1;
         if (!plain || !full || n < n_pad) ApplyScoreOptions(d, p, units, rows[r], k0, n, n_pad, !full, sr);
         w.alpha[r] = OnlineSoftmaxRow(d, units, sr, n_pad, m[r], l[r]);
         if constexpr (kDtype == DType::kInt8) {
-          for (int64_t j = 0; j < n; ++j) sr[j] *= w.v_scale[j];  // l is already summed
+          for (int64_t j = 0; j < n; j += N) {  // l is already summed
+            hn::Store(hn::Mul(hn::Load(d, sr + j), hn::LoadU(d, v_scale + j)), d, sr + j);
+          }
         }
       }
+      const void* const* v_rows = w.v_rows.get() + kvh * kBlock;
       if (p.head_dim_v % N == 0) {
-        AccumulateValues<kDtype>(g, n, w, acc);
+        AccumulateValues<kDtype>(g, n, s, v_rows, w.alpha.get(), acc);
       } else {
         // Rows that do not fill whole vectors: widen the block's V rows into a
         // zero-padded float buffer first, so no load runs past a row.
+        const void** widened = w.v_rows.get() + kvh * kBlock;
         for (int64_t j = 0; j < n; ++j) {
           float* dst = w.v_buf.get() + j * g.dv_pad;
-          const float scale = kDtype == DType::kInt8 ? 1.0f : w.v_scale[j];  // int8: in P already
-          LoadRowScaled(p.kv_dtype, w.v_rows[j], p.head_dim_v, scale, dst);
+          const float scale = kDtype == DType::kInt8 ? 1.0f : v_scale[j];  // int8: in P already
+          LoadRowScaled(p.kv_dtype, v_rows[j], p.head_dim_v, scale, dst);
           std::fill(dst + p.head_dim_v, dst + g.dv_pad, 0.0f);
-          w.v_rows[j] = dst;
+          widened[j] = dst;
         }
-        AccumulateValues<DType::kFloat32>(g, n, w, acc);
+        AccumulateValues<DType::kFloat32>(g, n, s, v_rows, w.alpha.get(), acc);
       }
     }
   }
