@@ -92,8 +92,8 @@ KVCache::KVCache(const KVCacheConfig& config) : config_(config) {
     block_table_[i] = static_cast<int32_t>(i % num_pages_);
   }
   const int64_t slots = num_pages_ * page_size_ * c.kv_heads;
-  k_.assign(static_cast<size_t>(slots * c.head_dim * dtype_size(c.dtype)), 0);
-  v_.assign(static_cast<size_t>(slots * c.head_dim_v * dtype_size(c.dtype)), 0);
+  k_ = detail::PoolBuffer(static_cast<size_t>(slots * c.head_dim * dtype_size(c.dtype)));
+  v_ = detail::PoolBuffer(static_cast<size_t>(slots * c.head_dim_v * dtype_size(c.dtype)));
   if (c.dtype == DType::kInt8) {
     k_scale_.assign(static_cast<size_t>(slots), 0.0f);
     v_scale_.assign(static_cast<size_t>(slots), 0.0f);
