@@ -57,6 +57,15 @@ constexpr int kScoreRows = kMaxPanelRows == 12 ? 4 : 2;
 
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// Rows of one kv head for keys j of a block: row j starts at base[j] + offset
+// (base[j]: token j's rows of all kv heads, offset: this head's).
+struct HeadRows {
+  const char* const* base;
+  int64_t offset;
+  const void* operator[](int64_t j) const { return base[j] + offset; }
+  HeadRows From(int64_t j) const { return {base + j, offset}; }
+};
+
 enum PrefetchLevel { kToL1, kToL2 };
 // Software prefetch of one cache line (a no-op where the target has none).
 template <PrefetchLevel kLevel>
@@ -116,7 +125,7 @@ HWY_INLINE void StoreSumsOf4(D d, hn::Vec<D> a, hn::Vec<D> b, hn::Vec<D> c, hn::
 // is the same bits wherever it sits in a group (StoreSumsOf4).
 template <DType kDtype, int kRows, class D>
 HWY_NOINLINE void ScoreKeys(D d, const float* HWY_RESTRICT q, int64_t head_dim,
-                          const void* const* k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
+                          HeadRows k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
   using V = hn::Vec<D>;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   V acc[kRows][kKeyGroup];
@@ -133,11 +142,12 @@ HWY_NOINLINE void ScoreKeys(D d, const float* HWY_RESTRICT q, int64_t head_dim,
     }
   }
   for (int r = 0; r < kRows; ++r) {
-    float* sr = s + r * s_stride;
-    StoreSumsOf4(d, acc[r][0], acc[r][1], acc[r][2], acc[r][3], sr);
-    // Tail of a head_dim that is not a multiple of N: one element at a time.
-    for (int64_t e = c; e < head_dim; ++e) {
-      for (int t = 0; t < kKeyGroup; ++t) sr[t] += q[r * head_dim + e] * ElementAsFloat<kDtype>(k_rows[t], e);
+    StoreSumsOf4(d, acc[r][0], acc[r][1], acc[r][2], acc[r][3], s + r * s_stride);
+  }
+  // Tail of a head_dim that is not a multiple of N: one element at a time.
+  for (int64_t e = c; e < head_dim; ++e) {
+    for (int r = 0; r < kRows; ++r) {
+      for (int t = 0; t < kKeyGroup; ++t) s[r * s_stride + t] += q[r * head_dim + e] * ElementAsFloat<kDtype>(k_rows[t], e);
     }
   }
 }
@@ -145,7 +155,7 @@ HWY_NOINLINE void ScoreKeys(D d, const float* HWY_RESTRICT q, int64_t head_dim,
 // acc[r][c, c + kVecs*N) = alpha_r * acc + sum_j p[r][j] * v_j[c, ...)
 // (int8: p already carries the value rows' scales).
 template <DType kDtype, int kRows, int kVecs, class D>
-HWY_INLINE void ValueBlock(D d, const float* HWY_RESTRICT p, const void* const* v_rows,
+HWY_INLINE void ValueBlock(D d, const float* HWY_RESTRICT p, HeadRows v_rows,
                            int64_t n, int64_t c, const float* HWY_RESTRICT alpha,
                            float* HWY_RESTRICT acc, int64_t acc_stride) {
   using V = hn::Vec<D>;
@@ -198,11 +208,12 @@ struct Layout {
                         // acc [rows][dv_pad], m [rows_pad], l [rows_pad]
 };
 
-// Per-thread scratch. Per kv head h: score rows s[h * rows + r][kBlock],
-// the block's row pointers and scales at [h * kBlock + j].
+// Per-thread scratch. Per kv head h: score rows s[h * rows + r][kBlock] and
+// the block's int8 scales at [h * kBlock + j]; per key j of the block, where
+// its token's K and V rows start.
 struct DecodeScratch {
   hwy::AlignedFreeUniquePtr<float[]> q, s, alpha, k_scale, v_scale, v_buf;
-  hwy::AlignedFreeUniquePtr<const void*[]> k_rows, v_rows;
+  hwy::AlignedFreeUniquePtr<const char*[]> k_tokens, v_tokens, widened;
   hwy::AlignedFreeUniquePtr<TileRow[]> rows;
   DecodeScratch(const AttentionProblem& p, const Layout& g)
       : q(hwy::AllocateAligned<float>(p.kv_heads * g.rows * p.head_dim)),
@@ -211,8 +222,9 @@ struct DecodeScratch {
         k_scale(hwy::AllocateAligned<float>(p.kv_heads * kBlock)),
         v_scale(hwy::AllocateAligned<float>(p.kv_heads * kBlock)),
         v_buf(hwy::AllocateAligned<float>(kBlock * g.dv_pad)),
-        k_rows(hwy::AllocateAligned<const void*>(p.kv_heads * kBlock)),
-        v_rows(hwy::AllocateAligned<const void*>(p.kv_heads * kBlock)),
+        k_tokens(hwy::AllocateAligned<const char*>(kBlock)),
+        v_tokens(hwy::AllocateAligned<const char*>(kBlock)),
+        widened(hwy::AllocateAligned<const char*>(kBlock)),
         rows(hwy::AllocateAligned<TileRow>(p.kv_heads * g.rows)) {}
 };
 
@@ -222,7 +234,7 @@ struct DecodeScratch {
 //   p: [rows][kBlock] weights; v_rows: the block's n value rows of one kv head.
 template <DType kDtype>
 HWY_NOINLINE void AccumulateValues(const Layout& g, int64_t n, const float* HWY_RESTRICT p,
-                      const void* const* v_rows, const float* HWY_RESTRICT alpha_rows,
+                      HeadRows v_rows, const float* HWY_RESTRICT alpha_rows,
                       float* HWY_RESTRICT acc) {
   const hn::ScalableTag<float> d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
@@ -292,15 +304,19 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
     // Row pointers and scales of the block; the last key stands in for the
     // keys that complete the last group of kKeyGroup (their scores become
     // -inf with the padding).
+    int64_t k_head_bytes = 0, v_head_bytes = 0;
     for (int64_t j = 0; j < RoundUp(n_pad, kKeyGroup); ++j) {
       const int64_t key = k0 + std::min(j, n - 1);
       const AttentionProblem::TokenRows kt = p.key_token(b, key), vt = p.value_token(b, key);
-      for (int64_t kvh = 0; kvh < p.kv_heads; ++kvh) {
-        const AttentionProblem::Row k = kt.row(kvh), v = vt.row(kvh);
-        w.k_rows[kvh * kBlock + j] = k.data;
-        w.k_scale[kvh * kBlock + j] = k.scale;
-        w.v_rows[kvh * kBlock + j] = v.data;
-        w.v_scale[kvh * kBlock + j] = v.scale;
+      w.k_tokens[j] = kt.data;
+      w.v_tokens[j] = vt.data;
+      k_head_bytes = kt.head_bytes;
+      v_head_bytes = vt.head_bytes;
+      if constexpr (kDtype == DType::kInt8) {
+        for (int64_t kvh = 0; kvh < p.kv_heads; ++kvh) {
+          w.k_scale[kvh * kBlock + j] = kt.row(kvh).scale;
+          w.v_scale[kvh * kBlock + j] = vt.row(kvh).scale;
+        }
       }
     }
     // 1. Scores, token-major: a token's K rows of all kv heads are adjacent
@@ -316,7 +332,7 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
       }
       for (int64_t kvh = 0; kvh < p.kv_heads; ++kvh) {
         for (int t = 0; t < kKeyGroup; ++t) {
-          const char* v = static_cast<const char*>(w.v_rows[kvh * kBlock + j + t]);
+          const char* v = w.v_tokens[j + t] + kvh * v_head_bytes;
           for (int64_t line = 0; line < v_lines; ++line) Prefetch<kToL1>(v + line * 64);
         }
         for (int t = 0; t < next_n; ++t) {
@@ -328,7 +344,7 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
           const int64_t row = kvh * g.rows + r0;
           WithRows<kScoreRows>(nr, [&](auto kRows) {
             ScoreKeys<kDtype, kRows()>(d, w.q.get() + row * p.head_dim, p.head_dim,
-                                       w.k_rows.get() + kvh * kBlock + j,
+                                       HeadRows{w.k_tokens.get() + j, kvh * k_head_bytes},
                                        w.s.get() + row * kBlock + j, kBlock);
           });
         }
@@ -360,21 +376,19 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
           }
         }
       }
-      const void* const* v_rows = w.v_rows.get() + kvh * kBlock;
+      const HeadRows v_rows{w.v_tokens.get(), kvh * v_head_bytes};
       if (p.head_dim_v % N == 0) {
         AccumulateValues<kDtype>(g, n, s, v_rows, w.alpha.get(), acc);
       } else {
         // Rows that do not fill whole vectors: widen the block's V rows into a
         // zero-padded float buffer first, so no load runs past a row.
-        const void** widened = w.v_rows.get() + kvh * kBlock;
         for (int64_t j = 0; j < n; ++j) {
           float* dst = w.v_buf.get() + j * g.dv_pad;
-          const float scale = kDtype == DType::kInt8 ? 1.0f : v_scale[j];  // int8: in P already
-          LoadRowScaled(p.kv_dtype, v_rows[j], p.head_dim_v, scale, dst);
+          LoadRowScaled(p.kv_dtype, v_rows[j], p.head_dim_v, 1.0f, dst);  // int8: scale in P
           std::fill(dst + p.head_dim_v, dst + g.dv_pad, 0.0f);
-          widened[j] = dst;
+          w.widened[j] = reinterpret_cast<const char*>(dst);
         }
-        AccumulateValues<DType::kFloat32>(g, n, s, v_rows, w.alpha.get(), acc);
+        AccumulateValues<DType::kFloat32>(g, n, s, HeadRows{w.widened.get(), 0}, w.alpha.get(), acc);
       }
     }
   }
