@@ -95,8 +95,8 @@ class KVCache {
   // Raw storage for kernels (internal layout above).
   const void* k_data() const { return k_.data(); }
   const void* v_data() const { return v_.data(); }
-  const float* k_scales() const { return k_scale_.empty() ? nullptr : k_scale_.data(); }
-  const float* v_scales() const { return v_scale_.empty() ? nullptr : v_scale_.data(); }
+  const float* k_scales() const { return reinterpret_cast<const float*>(k_scale_.data()); }
+  const float* v_scales() const { return reinterpret_cast<const float*>(v_scale_.data()); }
   // Element offset of token j of sequence b, kv head h, in the K (or V) pool.
   int64_t token_index(int64_t b, int64_t j) const {
     return static_cast<int64_t>(block_table_[b * pages_per_seq_ + j / page_size_]) * page_size_ +
@@ -111,7 +111,7 @@ class KVCache {
   std::vector<int64_t> lengths_;
   std::vector<int32_t> block_table_;
   detail::PoolBuffer k_, v_;
-  std::vector<float> k_scale_, v_scale_;
+  detail::PoolBuffer k_scale_, v_scale_;  // int8 only: float [slot]
 };
 
 // Attention against a cache, as FlashAttention's flash_attn_with_kvcache:

@@ -95,8 +95,8 @@ KVCache::KVCache(const KVCacheConfig& config) : config_(config) {
   k_ = detail::PoolBuffer(static_cast<size_t>(slots * c.head_dim * dtype_size(c.dtype)));
   v_ = detail::PoolBuffer(static_cast<size_t>(slots * c.head_dim_v * dtype_size(c.dtype)));
   if (c.dtype == DType::kInt8) {
-    k_scale_.assign(static_cast<size_t>(slots), 0.0f);
-    v_scale_.assign(static_cast<size_t>(slots), 0.0f);
+    k_scale_ = detail::PoolBuffer(static_cast<size_t>(slots) * sizeof(float));
+    v_scale_ = detail::PoolBuffer(static_cast<size_t>(slots) * sizeof(float));
   }
 }
 
@@ -165,10 +165,10 @@ void KVCache::append(const Tensor& k_new, const Tensor& v_new, const std::option
         internal::read_row(k_new, b, t, h, row.data());
         if (table) table->rotate(row.data(), lengths_[b] + t);
         store_row(c.dtype, row.data(), c.head_dim, k_.data() + slot * c.head_dim * elem,
-                  k_scale_.empty() ? nullptr : &k_scale_[slot]);
+                  k_scale_.size() ? reinterpret_cast<float*>(k_scale_.data()) + slot : nullptr);
         internal::read_row(v_new, b, t, h, row.data());
         store_row(c.dtype, row.data(), c.head_dim_v, v_.data() + slot * c.head_dim_v * elem,
-                  v_scale_.empty() ? nullptr : &v_scale_[slot]);
+                  v_scale_.size() ? reinterpret_cast<float*>(v_scale_.data()) + slot : nullptr);
       }
     }
   }
@@ -178,13 +178,13 @@ void KVCache::append(const Tensor& k_new, const Tensor& v_new, const std::option
 void KVCache::read_key(int64_t b, int64_t j, int64_t kv_head, float* out) const {
   const int64_t slot = token_index(b, j) * config_.kv_heads + kv_head;
   load_row(config_.dtype, k_.data() + slot * config_.head_dim * dtype_size(config_.dtype),
-           k_scale_.empty() ? 1.0f : k_scale_[slot], config_.head_dim, out);
+           k_scales() ? k_scales()[slot] : 1.0f, config_.head_dim, out);
 }
 
 void KVCache::read_value(int64_t b, int64_t j, int64_t kv_head, float* out) const {
   const int64_t slot = token_index(b, j) * config_.kv_heads + kv_head;
   load_row(config_.dtype, v_.data() + slot * config_.head_dim_v * dtype_size(config_.dtype),
-           v_scale_.empty() ? 1.0f : v_scale_[slot], config_.head_dim_v, out);
+           v_scales() ? v_scales()[slot] : 1.0f, config_.head_dim_v, out);
 }
 
 }  // namespace qkv
