@@ -323,6 +323,39 @@ TEST(KVCache, Int8QuantizationErrorIsHalfAStep) {
   }
 }
 
+TEST(KVCache, CopiesAreDeepAndMovesKeepTheTokens) {
+  // Pools of 4 MiB and more take the huge-page path of the pool buffer, smaller
+  // ones the plain one: both copied, moved and assigned.
+  for (const int64_t capacity : {int64_t{40}, int64_t{8192}}) {
+    CacheSpec spec;
+    spec.batch = 1;
+    spec.kv_heads = 4;
+    spec.head_dim = spec.head_dim_v = 128;
+    spec.capacity = capacity;
+    spec.prefill = 30;
+    spec.dtype = DType::kInt8;
+    KVCache original = make_cache(spec, 71);
+    std::vector<float> before(128), after(128);
+    original.read_value(0, 29, 3, before.data());
+
+    KVCache copy = original;
+    const auto k = random_floats(4 * 128, 72, 5.0f);
+    copy.set_lengths({29});
+    copy.append(bshd(k, 1, 1, 4, 128), bshd(k, 1, 1, 4, 128));  // overwrites token 29 of the copy
+    copy.read_value(0, 29, 3, after.data());
+    EXPECT_NE(before, after) << capacity;
+    original.read_value(0, 29, 3, after.data());
+    EXPECT_EQ(before, after) << "the original changed with its copy, capacity " << capacity;
+
+    KVCache moved = std::move(original);
+    moved.read_value(0, 29, 3, after.data());
+    EXPECT_EQ(before, after) << capacity;
+    copy = moved;
+    copy.read_value(0, 29, 3, after.data());
+    EXPECT_EQ(before, after) << capacity;
+  }
+}
+
 // Bad input: a clear qkv::Error, and the cache (lengths and bytes) unchanged.
 struct Snapshot {
   std::vector<int64_t> lengths;
