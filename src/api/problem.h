@@ -101,8 +101,9 @@ struct AttentionProblem {
     int64_t head_bytes;
     Row row(int64_t h) const { return {data + h * head_bytes, scales ? scales[h] : 1.0f}; }
   };
-  TokenRows key_token(int64_t b, int64_t j) const;
-  TokenRows value_token(int64_t b, int64_t j) const;
+  // The rows of keys j0 .. j0 + n - 1 of batch b (walks the pages: no
+  // division per token).
+  void tokens(int64_t b, int64_t j0, int64_t n, TokenRows* keys, TokenRows* values) const;
   bool has_alibi() const { return alibi != nullptr; }
   bool has_mask() const { return mask != nullptr; }
   float alibi_slope(int64_t b, int64_t h) const {
@@ -135,28 +136,35 @@ inline AttentionProblem::Row AttentionProblem::value_row(int64_t b, int64_t j, i
           scales ? scales[slot] : 1.0f};
 }
 
-inline AttentionProblem::TokenRows AttentionProblem::key_token(int64_t b, int64_t j) const {
+inline void AttentionProblem::tokens(int64_t b, int64_t j0, int64_t n, TokenRows* keys,
+                                     TokenRows* values) const {
   const int64_t elem = static_cast<int64_t>(dtype_size(kv_dtype));
   if (cache == nullptr) {
-    return {static_cast<const char*>(k) + k_stride.offset(b, j, 0) * elem, nullptr,
-            k_stride.head * elem};
+    for (int64_t i = 0; i < n; ++i) {
+      keys[i] = {static_cast<const char*>(k) + k_stride.offset(b, j0 + i, 0) * elem, nullptr,
+                 k_stride.head * elem};
+      values[i] = {static_cast<const char*>(v) + v_stride.offset(b, j0 + i, 0) * elem, nullptr,
+                   v_stride.head * elem};
+    }
+    return;
   }
-  const int64_t slot = cache->token_index(b, j) * kv_heads;
-  const float* scales = cache->k_scales();
-  return {static_cast<const char*>(cache->k_data()) + slot * head_dim * elem,
-          scales ? scales + slot : nullptr, head_dim * elem};
-}
-
-inline AttentionProblem::TokenRows AttentionProblem::value_token(int64_t b, int64_t j) const {
-  const int64_t elem = static_cast<int64_t>(dtype_size(kv_dtype));
-  if (cache == nullptr) {
-    return {static_cast<const char*>(v) + v_stride.offset(b, j, 0) * elem, nullptr,
-            v_stride.head * elem};
+  const int64_t page_size = cache->page_size();
+  const int32_t* table = cache->block_table().data() + b * cache->pages_per_sequence();
+  const char* k_pool = static_cast<const char*>(cache->k_data());
+  const char* v_pool = static_cast<const char*>(cache->v_data());
+  const float* k_scales = cache->k_scales();
+  const float* v_scales = cache->v_scales();
+  int64_t page = j0 / page_size, at = j0 % page_size;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t slot = (static_cast<int64_t>(table[page]) * page_size + at) * kv_heads;
+    keys[i] = {k_pool + slot * head_dim * elem, k_scales ? k_scales + slot : nullptr, head_dim * elem};
+    values[i] = {v_pool + slot * head_dim_v * elem, v_scales ? v_scales + slot : nullptr,
+                 head_dim_v * elem};
+    if (++at == page_size) {
+      at = 0;
+      ++page;
+    }
   }
-  const int64_t slot = cache->token_index(b, j) * kv_heads;
-  const float* scales = cache->v_scales();
-  return {static_cast<const char*>(cache->v_data()) + slot * head_dim_v * elem,
-          scales ? scales + slot : nullptr, head_dim_v * elem};
 }
 
 }  // namespace qkv::internal

@@ -214,6 +214,7 @@ struct Layout {
 struct DecodeScratch {
   hwy::AlignedFreeUniquePtr<float[]> q, s, alpha, k_scale, v_scale, v_buf;
   hwy::AlignedFreeUniquePtr<const char*[]> k_tokens, v_tokens, widened;
+  hwy::AlignedFreeUniquePtr<AttentionProblem::TokenRows[]> k_token, v_token, k_next, v_next;
   hwy::AlignedFreeUniquePtr<TileRow[]> rows;
   DecodeScratch(const AttentionProblem& p, const Layout& g)
       : q(hwy::AllocateAligned<float>(p.kv_heads * g.rows * p.head_dim)),
@@ -225,6 +226,10 @@ struct DecodeScratch {
         k_tokens(hwy::AllocateAligned<const char*>(kBlock)),
         v_tokens(hwy::AllocateAligned<const char*>(kBlock)),
         widened(hwy::AllocateAligned<const char*>(kBlock)),
+        k_token(hwy::AllocateAligned<AttentionProblem::TokenRows>(kBlock)),
+        v_token(hwy::AllocateAligned<AttentionProblem::TokenRows>(kBlock)),
+        k_next(hwy::AllocateAligned<AttentionProblem::TokenRows>(kBlock)),
+        v_next(hwy::AllocateAligned<AttentionProblem::TokenRows>(kBlock)),
         rows(hwy::AllocateAligned<TileRow>(p.kv_heads * g.rows)) {}
 };
 
@@ -304,14 +309,19 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
     // Row pointers and scales of the block; the last key stands in for the
     // keys that complete the last group of kKeyGroup (their scores become
     // -inf with the padding).
-    int64_t k_head_bytes = 0, v_head_bytes = 0;
+    // The block's tokens (the last key stands in for the keys that complete
+    // the last group of kKeyGroup: their scores become -inf with the padding),
+    // and the next block's, whose K is prefetched while this block's scores
+    // are computed.
+    const int64_t n_next = std::min(kBlock, key_end - (k0 + n));
+    p.tokens(b, k0, n, w.k_token.get(), w.v_token.get());
+    if (n_next > 0) p.tokens(b, k0 + n, n_next, w.k_next.get(), w.v_next.get());
+    const int64_t k_head_bytes = w.k_token[0].head_bytes, v_head_bytes = w.v_token[0].head_bytes;
     for (int64_t j = 0; j < RoundUp(n_pad, kKeyGroup); ++j) {
-      const int64_t key = k0 + std::min(j, n - 1);
-      const AttentionProblem::TokenRows kt = p.key_token(b, key), vt = p.value_token(b, key);
+      const AttentionProblem::TokenRows& kt = w.k_token[std::min(j, n - 1)];
+      const AttentionProblem::TokenRows& vt = w.v_token[std::min(j, n - 1)];
       w.k_tokens[j] = kt.data;
       w.v_tokens[j] = vt.data;
-      k_head_bytes = kt.head_bytes;
-      v_head_bytes = vt.head_bytes;
       if constexpr (kDtype == DType::kInt8) {
         for (int64_t kvh = 0; kvh < p.kv_heads; ++kvh) {
           w.k_scale[kvh * kBlock + j] = kt.row(kvh).scale;
@@ -325,11 +335,8 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
     //    them, and the next block's K.
     const int64_t k_lines = (p.head_dim * elem_kv + 63) / 64, v_lines = (p.head_dim_v * elem_kv + 63) / 64;
     for (int64_t j = 0; j < n; j += kKeyGroup) {
-      AttentionProblem::TokenRows next_k[kKeyGroup];
-      int next_n = 0;
-      for (; next_n < kKeyGroup && k0 + kBlock + j + next_n < key_end; ++next_n) {
-        next_k[next_n] = p.key_token(b, k0 + kBlock + j + next_n);
-      }
+      const AttentionProblem::TokenRows* next_k = w.k_next.get() + j;
+      const int next_n = static_cast<int>(std::clamp<int64_t>(n_next - j, 0, kKeyGroup));
       for (int64_t kvh = 0; kvh < p.kv_heads; ++kvh) {
         for (int t = 0; t < kKeyGroup; ++t) {
           const char* v = w.v_tokens[j + t] + kvh * v_head_bytes;
