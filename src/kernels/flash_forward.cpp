@@ -38,6 +38,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
 #include "hwy/aligned_allocator.h"
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "kernels/convert-inl.h"
 #include "kernels/microkernel-inl.h"
@@ -172,6 +173,14 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
   const float neg_inf = -std::numeric_limits<float>::infinity();
 
   // 1. Rows: position, head, visible interval; packed scaled Q; empty state.
+  //    The tile's Q rows are prefetched first: with one head per row group
+  //    they lie a whole token apart, and loading them one by one waits on
+  //    memory row after row.
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const char* q_row = static_cast<const char*>(p.q) +
+                        p.q_stride.offset(b, q0 + r / p.group, kvh * p.group + r % p.group) * elem;
+    for (int64_t at = 0; at < p.head_dim * static_cast<int64_t>(elem); at += 64) hwy::Prefetch(q_row + at);
+  }
   int64_t key_begin = p.seq_kv, key_end = 0;
   for (int64_t r = 0; r < n_rows; ++r) {
     TileRow& row = w.rows[r];
