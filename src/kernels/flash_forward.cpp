@@ -115,8 +115,18 @@ void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t k
   const int64_t kp = g.key_panel;
   j1 = std::min(j1, keys);
   float* vrow = rows + kp * p.head_dim;
+  const int64_t k_bytes = p.head_dim * static_cast<int64_t>(dtype_size(p.kv_dtype));
+  const int64_t v_bytes = p.head_dim_v * static_cast<int64_t>(dtype_size(p.kv_dtype));
   for (int64_t jp = j0; jp < j1; jp += kp) {
     const int64_t n = std::min(kp, j1 - jp);  // < kp only in the last panel: padding keys are 0
+    // The next panel's rows, which lie a token apart (a page apart when the
+    // kv heads are many): requested now, they arrive while this one is packed.
+    for (int64_t j = jp + kp; j < std::min(jp + 2 * kp, j1); ++j) {
+      const char* k = static_cast<const char*>(p.key_row(b, j, kvh).data);
+      const char* v = static_cast<const char*>(p.value_row(b, j, kvh).data);
+      for (int64_t at = 0; at < k_bytes; at += 64) hwy::Prefetch(k + at);
+      for (int64_t at = 0; at < v_bytes; at += 64) hwy::Prefetch(v + at);
+    }
     for (int64_t l = 0; l < kp; ++l) {
       float* row = rows + l * p.head_dim;
       if (l < n) {
