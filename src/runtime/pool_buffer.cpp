@@ -1,12 +1,12 @@
 // detail::PoolBuffer: anonymous memory mappings with a transparent-huge-page
-// hint (see include/qkv/kv_cache.h).
+// hint (see include/qkv/detail/pool_buffer.h).
 #include <sys/mman.h>
 
 #include <cstring>
 #include <new>
 #include <utility>
 
-#include "qkv/kv_cache.h"
+#include "qkv/detail/pool_buffer.h"
 
 namespace qkv::detail {
 
