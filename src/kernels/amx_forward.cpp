@@ -13,9 +13,9 @@
 //   2. options and online softmax per row (online_softmax-inl.h), in fp32:
 //      P = 2^(S - m_new) in [0, 1], alpha = 2^(m_old - m_new).
 //   3. O = alpha * O + P.V on tiles with P = P_hi + P_lo, both bf16 (P_hi =
-//      bf16(P), P_lo = bf16(P - P_hi)): two products that carry P to about
-//      2^-17 instead of 2^-9 for P_hi alone, so the weights are as good as a
-//      float32 kernel's, far below the bf16 rounding of o.
+//      P truncated to bf16, P_lo = bf16(P - P_hi)): two products that carry P
+//      to 2^-16 instead of 2^-9 for a single bf16 P, far below the bf16
+//      rounding of o (the second product costs about 12% of the time).
 // Finally StoreFinalRow normalizes, folds in a sink and writes o and lse.
 //
 // Software pipeline: the tile unit and the vector units run side by side, so
@@ -214,37 +214,40 @@ void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t k
   }
 }
 
-// x rounded to the nearest bf16 (ties to even), kept as fp32. x finite.
-template <class D>
-HWY_INLINE hn::Vec<D> RoundToBf16(D d, hn::Vec<D> x) {
-  const hn::RebindToUnsigned<D> du;
-  const auto bits = hn::BitCast(du, x);
-  const auto lsb = hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u));
-  const auto up = hn::Add(bits, hn::Add(lsb, hn::Set(du, 0x7fffu)));
-  return hn::BitCast(d, hn::And(up, hn::Set(du, 0xffff0000u)));
-}
-
 // OnlineSoftmaxRow (online_softmax-inl.h) for the scores scale * s[0, n_pad),
-// with P written as bf16 pairs instead of fp32 in place: hi[j] = bf16(p_j),
-// lo[j] = bf16(p_j - hi[j]) (exact difference: hi is p_j to 8 bits), so
-// hi + lo = p_j to about 2^-17. One pass for the max, one for 2^x, the sum
-// and the split. n_pad % 32 == 0. Returns alpha.
+// with P written as two bf16 terms instead of fp32 in place: hi[j] = p_j
+// truncated to bf16 (exact), lo[j] = bf16(p_j - hi[j]) (p_j - hi[j] is exact
+// in fp32 and below 2^-7 p_j), so hi + lo = p_j to 2^-16. One pass for the
+// max, one for 2^x, the sum and the split. n_pad % 32 == 0. Returns alpha.
 template <class D>
 HWY_INLINE float SoftmaxRowToBf16(D d, const ScoreUnits& units, const float* HWY_RESTRICT s,
                                   float scale, int64_t n_pad, float& m, float& l,
                                   uint16_t* HWY_RESTRICT hi, uint16_t* HWY_RESTRICT lo) {
   using V = hn::Vec<D>;
   static_assert(hn::MaxLanes(D()) == 16, "16 floats per vector: two make 32 bf16");
-  const V vscale = hn::Set(d, scale);
-  V max0 = hn::Set(d, -std::numeric_limits<float>::infinity()), max1 = max0;
-  for (int64_t j = 0; j < n_pad; j += 32) {
-    max0 = hn::Max(max0, hn::Mul(hn::Load(d, s + j), vscale));
-    max1 = hn::Max(max1, hn::Mul(hn::Load(d, s + j + 16), vscale));
+  // Rounding is monotonic, so the largest scale * s_j (as rounded in the exp
+  // pass) is scale times the largest s_j, or the smallest for scale < 0.
+  V ext0 = hn::Load(d, s), ext1 = hn::Load(d, s + 16);
+  if (scale >= 0) {
+    for (int64_t j = 32; j < n_pad; j += 32) {
+      ext0 = hn::Max(ext0, hn::Load(d, s + j));
+      ext1 = hn::Max(ext1, hn::Load(d, s + j + 16));
+    }
+    ext0 = hn::MaxOfLanes(d, hn::Max(ext0, ext1));
+  } else {
+    for (int64_t j = 32; j < n_pad; j += 32) {
+      ext0 = hn::Min(ext0, hn::Load(d, s + j));
+      ext1 = hn::Min(ext1, hn::Load(d, s + j + 16));
+    }
+    ext0 = hn::MinOfLanes(d, hn::Min(ext0, ext1));
   }
-  const RowShift shift = AdvanceRowMax(units, hn::GetLane(hn::MaxOfLanes(d, hn::Max(max0, max1))), m);
+  const RowShift shift = AdvanceRowMax(units, hn::GetLane(ext0) * scale, m);
+  const V vscale = hn::Set(d, scale);
   const V vm = hn::Set(d, shift.subtract);
   const V to_log2 = hn::Set(d, units.to_log2);
   const bool log2_units = units.to_log2 == 1.0f;
+  const hn::RebindToUnsigned<D> du;
+  const auto high_half = hn::Set(du, 0xffff0000u);
   V sum0 = hn::Zero(d), sum1 = hn::Zero(d);
   for (int64_t j = 0; j < n_pad; j += 32) {
     V x0 = hn::Sub(hn::Mul(hn::Load(d, s + j), vscale), vm);
@@ -256,8 +259,9 @@ HWY_INLINE float SoftmaxRowToBf16(D d, const ScoreUnits& units, const float* HWY
     const V e0 = Exp2NonPositive(d, x0), e1 = Exp2NonPositive(d, x1);
     sum0 = hn::Add(sum0, e0);
     sum1 = hn::Add(sum1, e1);
-    const V h0 = RoundToBf16(d, e0), h1 = RoundToBf16(d, e1);
-    // cvtne2ps(x, y): elements 0..15 from y, 16..31 from x.
+    const V h0 = hn::BitCast(d, hn::And(hn::BitCast(du, e0), high_half));
+    const V h1 = hn::BitCast(d, hn::And(hn::BitCast(du, e1), high_half));
+    // cvtne2ps(x, y): bf16 elements 0..15 from y, 16..31 from x (exact for h).
     const __m512bh h = _mm512_cvtne2ps_pbh(h1.raw, h0.raw);
     const __m512bh r = _mm512_cvtne2ps_pbh(hn::Sub(e1, h1).raw, hn::Sub(e0, h0).raw);
     _mm512_storeu_si512(hi + j, reinterpret_cast<const __m512i&>(h));

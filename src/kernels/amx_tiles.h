@@ -92,8 +92,8 @@ class ScoreSteps {
     const uint16_t* k = kp_ + (2 * pair_ * dim_steps_ + dim_) * kTileElems;
     _tile_loadd(4, q, q_bytes);
     _tile_loadd(5, q + 16 * dim_pad_, q_bytes);
-    _tile_loadd(6, k, 64);
-    _tile_loadd(7, k + dim_steps_ * kTileElems, 64);  // the next 16 keys
+    _tile_stream_loadd(6, k, 64);
+    _tile_stream_loadd(7, k + dim_steps_ * kTileElems, 64);  // the next 16 keys
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
     _tile_dpbf16ps(2, 5, 6);
@@ -170,11 +170,11 @@ class AccumulateSteps {
     const uint16_t* p_hi = p_hi_ + key_ * kKeyStep;
     const uint16_t* p_lo = p_lo_ + key_ * kKeyStep;
     const int64_t p_half = 16 * p_stride_;
-    _tile_loadd(6, v, 64);
+    _tile_stream_loadd(6, v, 64);
     _tile_loadd(4, p_hi, p_bytes);
     _tile_loadd(5, p_hi + p_half, p_bytes);
     if (pair) {
-      _tile_loadd(7, v + kTileElems, 64);
+      _tile_stream_loadd(7, v + kTileElems, 64);
       _tile_dpbf16ps(0, 4, 6);
       _tile_dpbf16ps(1, 4, 7);
       _tile_dpbf16ps(2, 5, 6);

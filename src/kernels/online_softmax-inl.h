@@ -129,7 +129,8 @@ HWY_INLINE RowShift AdvanceRowMax(const ScoreUnits& units, float block_max, floa
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const float m_new = std::max(m, block_max);
   const float m_use = m_new == kNegInf ? 0.0f : m_new;
-  const float alpha = m == kNegInf ? 0.0f : std::exp2((m - m_use) * units.to_log2);
+  // (m == m_use, the common case once the row's max has settled: alpha = 2^0.)
+  const float alpha = m == kNegInf ? 0.0f : m == m_use ? 1.0f : std::exp2((m - m_use) * units.to_log2);
   m = m_new;
   return {m_use, alpha};
 }
