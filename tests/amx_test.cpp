@@ -201,9 +201,11 @@ TEST_F(Amx, LargeLogits) {
 
 TEST_F(Amx, LongSequencesInSeveralPackRounds) {
   // 6 kv heads of 5000 keys at head_dim 128: about 2.5 MiB packed each, so
-  // the 8 MiB pack budget takes them in rounds.
+  // the 8 MiB pack budget takes them in rounds; at head_dim 256, 4200 keys
+  // are over 4 MiB a head: the long-sequence tiles (512 rows).
   check_all({Case().seq_q(33).seq_kv(5000).heads(12).kv_heads(6).head_dim(128).causal().seed(700),
-             Case().batch(2).seq_q(9).seq_kv(3001).heads(6).kv_heads(3).head_dim(128).seed(701)});
+             Case().batch(2).seq_q(9).seq_kv(3001).heads(6).kv_heads(3).head_dim(128).seed(701),
+             Case().seq_q(70).seq_kv(4200).heads(4).kv_heads(2).head_dim(256).causal().seed(702)});
 }
 
 TEST_F(Amx, RandomCombinations) {
