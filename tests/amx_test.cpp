@@ -7,6 +7,8 @@
 // Sweeps straddle the AMX tile edges: 16 and 32 rows (row tiles, row groups),
 // 16 and 32 keys (key tiles, P.V steps), head_dim around multiples of 32 and
 // head_dim_v around multiples of 16 (zero padding), and the default blocks.
+#include <algorithm>
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -15,6 +17,7 @@
 #include "api/validate.h"
 #include "kernels/amx_forward.h"
 #include "runtime/amx.h"
+#include "runtime/half.h"
 #include "test_util.h"
 
 namespace qkv::test {
@@ -206,6 +209,72 @@ TEST_F(Amx, LongSequencesInSeveralPackRounds) {
   check_all({Case().seq_q(33).seq_kv(5000).heads(12).kv_heads(6).head_dim(128).causal().seed(700),
              Case().batch(2).seq_q(9).seq_kv(3001).heads(6).kv_heads(3).head_dim(128).seed(701),
              Case().seq_q(70).seq_kv(4200).heads(4).kv_heads(2).head_dim(256).causal().seed(702)});
+}
+
+TEST_F(Amx, PagedBfloat16CacheWithUnequalLengths) {
+  // Prefill chunks of bfloat16 queries over a paged bfloat16 cache (pages
+  // shuffled, one length per sequence): the kernel reads K/V rows through
+  // the block table. The budget is the rule's absolute term for bfloat16
+  // (2u max|V|, u = 2^-8; the naive error here is ~1e-7).
+  KVCacheConfig config;
+  config.batch = 2;
+  config.capacity = 300;
+  config.kv_heads = 2;
+  config.head_dim = 80;
+  config.head_dim_v = 64;
+  config.dtype = DType::kBFloat16;
+  config.page_size = 16;
+  KVCache cache(config);
+  std::vector<int32_t> table(cache.block_table());
+  std::shuffle(table.begin(), table.end(), std::mt19937(3));
+  cache.set_block_table(table);
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  const auto random_bf16 = [&](size_t n) {
+    std::vector<uint16_t> bits(n);
+    for (uint16_t& b : bits) b = internal::bf16_from_f32(uniform(rng));
+    return bits;
+  };
+  const int64_t prefill = 250, seq_q = 40, heads = 8;
+  const std::vector<uint16_t> k = random_bf16(2 * prefill * 2 * 80);
+  const std::vector<uint16_t> v = random_bf16(2 * prefill * 2 * 64);
+  cache.append(Tensor::contiguous(k.data(), DType::kBFloat16, {2, prefill, 2, 80}),
+               Tensor::contiguous(v.data(), DType::kBFloat16, {2, prefill, 2, 64}));
+  cache.set_lengths({prefill, 137});
+  const std::vector<uint16_t> q = random_bf16(2 * seq_q * heads * 80);
+  std::vector<float> sinks(heads);
+  for (float& x : sinks) x = uniform(rng);
+
+  for (bool with_sinks : {false, true}) {
+    const auto run = [&](Backend backend, bool amx, std::vector<float>& lse) {
+      std::vector<uint16_t> o(2 * seq_q * heads * 64);
+      lse.assign(2 * heads * seq_q, 0.0f);
+      KVCacheAttentionParams p;
+      p.q = Tensor::contiguous(q.data(), DType::kBFloat16, {2, seq_q, heads, 80});
+      p.o = Tensor::contiguous(o.data(), DType::kBFloat16, {2, seq_q, heads, 64});
+      p.lse = Tensor::contiguous(lse.data(), DType::kFloat32, {2, heads, seq_q});
+      if (with_sinks) p.sinks = Tensor::contiguous(sinks.data(), DType::kFloat32, {heads});
+      p.cache = &cache;
+      p.causal = true;
+      p.backend = backend;
+      internal::set_amx_enabled(amx);
+      attention_with_kvcache(p);
+      internal::set_amx_enabled(true);
+      return o;
+    };
+    std::vector<float> lse_ref, lse_amx, lse_fma;
+    const std::vector<uint16_t> ref = run(Backend::kReference, true, lse_ref);
+    const std::vector<uint16_t> amx = run(Backend::kFlash, true, lse_amx);
+    const std::vector<uint16_t> fma = run(Backend::kFlash, false, lse_fma);
+    for (size_t i = 0; i < ref.size(); ++i) {
+      const float want = internal::f32_from_bf16(ref[i]);
+      ASSERT_NEAR(internal::f32_from_bf16(amx[i]), want, 2.0 / 256) << "o element " << i;
+      ASSERT_NEAR(internal::f32_from_bf16(fma[i]), want, 2.0 / 256) << "o element " << i;
+    }
+    for (size_t i = 0; i < lse_ref.size(); ++i) {
+      ASSERT_NEAR(lse_amx[i], lse_ref[i], 1e-5 * std::max(1.0f, std::fabs(lse_ref[i]))) << "lse " << i;
+    }
+  }
 }
 
 TEST_F(Amx, RandomCombinations) {
