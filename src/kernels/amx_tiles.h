@@ -1,6 +1,7 @@
 // AMX tile products of the flash forward, cut into small steps so that the
 // caller can interleave them with its AVX-512 softmax (amx_forward.cpp).
-// Included only by files compiled with the AMX and AVX-512 flags.
+// Included only inside amx_forward.cpp's region of AVX-512 + AMX target
+// attributes, which is what may call it.
 //
 // Tile registers (one configuration: 16 rows x 64 bytes each):
 //   tmm0..3  C: a 2 x 2 block of 16 x 16 fp32 (S or O), 32 rows x 32 columns
@@ -14,7 +15,9 @@
 // write its tile are still running holds up the vector code too (measured:
 // 4 tile stores right behind their products cost 13 ns of vector time, 5 ns
 // when issued one step later). So a step stores the results of the previous
-// step's last products, and Finish() stores the last ones.
+// step's last products, and Finish() stores the last ones. K and V tiles are
+// loaded with the streaming hint (each serves one row group, then the next
+// block's): they evict less of the Q, S, P and O that are used again.
 #pragma once
 
 #include <immintrin.h>
