@@ -136,6 +136,12 @@ TEST_F(Amx, SeqQDiffersFromSeqKvAndEmptyRows) {
   }
 }
 
+TEST_F(Amx, EmptyDimensions) {
+  check_all({Case().seq_q(40).seq_kv(0).heads(4).kv_heads(2).allow_all_empty(),
+             Case().seq_q(40).seq_kv(0).sinks().allow_all_empty(), Case().seq_q(0).seq_kv(5),
+             Case().batch(0)});
+}
+
 TEST_F(Amx, EveryOption) {
   std::vector<Case> cases;
   const Case base = Case().batch(2).seq_q(37).seq_kv(83).heads(4).kv_heads(2).head_dim(40);
