@@ -7,7 +7,9 @@
 #include <random>
 #include <sstream>
 
+#include "kernels/amx_forward.h"
 #include "kernels/flash_forward.h"
+#include "runtime/amx.h"
 #include "runtime/half.h"
 
 namespace qkv::test {
@@ -838,9 +840,13 @@ testing::AssertionResult within_tolerance(const Case& c, const std::string& fast
 
 namespace {
 
-// Restores the default dispatch when a check ends, even on a fatal failure.
+// Restores the default dispatch (best target, AMX on) when a check ends, even
+// on a fatal failure.
 struct DefaultTargetOnExit {
-  ~DefaultTargetOnExit() { internal::flash_force_target(0); }
+  ~DefaultTargetOnExit() {
+    internal::flash_force_target(0);
+    internal::set_amx_enabled(true);
+  }
 };
 
 }  // namespace
@@ -892,11 +898,18 @@ RowStats expect_flash_matches_reference(Workload& w) {
   }
 
   DefaultTargetOnExit restore;
+  internal::set_amx_enabled(false);  // bfloat16 too: the float32 kernel on every target
   for (int64_t target : internal::flash_targets()) {
     internal::flash_force_target(target);
     const std::string name = std::string("flash[") + internal::flash_target_name(target) + "]";
     const Result fast = w.run(Backend::kFlash);
     EXPECT_TRUE(within_tolerance(c, name, fast, ref, naive, max_v));
+  }
+  internal::flash_force_target(0);
+  internal::set_amx_enabled(true);
+  if (c.dtype() == DType::kBFloat16 && internal::amx_flash_available()) {
+    const Result fast = w.run(Backend::kFlash);
+    EXPECT_TRUE(within_tolerance(c, "flash[amx]", fast, ref, naive, max_v));
   }
   return stats;
 }

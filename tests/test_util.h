@@ -399,8 +399,9 @@ struct RowStats {
 };
 
 // Runs `c` with Backend::kReference, naive_float32 and Backend::kFlash on every
-// SIMD target of flash_targets() (restoring the default dispatch after), and
-// expects every flash run within tolerance. Also expects the reference to be
+// SIMD target of flash_targets() with the AMX kernel off, then, for bfloat16
+// on a CPU with AMX-BF16, with it on ("flash[amx]"), restoring the default
+// dispatch after; expects every flash run within tolerance. Also expects the reference to be
 // non-trivial: some row sees a key (unless allow_all_empty) and a row that
 // sees a key has an o that is not all zero.
 RowStats expect_flash_matches_reference(const Case& c);

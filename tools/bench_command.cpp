@@ -37,12 +37,14 @@
 #include "bench_report.h"
 #include "commands.h"
 #include "random_inputs.h"
+#include "kernels/amx_forward.h"
 #include "kernels/flash_forward.h"
 #include "memory_probe.h"
 #include "progress.h"
 #include "qkv/attention.h"
 #include "qkv/version.h"
 #include "runtime/half.h"
+#include "runtime/amx.h"
 #include "runtime/peak_probe.h"
 #include "runtime/threads.h"
 
@@ -192,6 +194,7 @@ MachineInfo machine_info(int threads) {
   info.threads = threads;
   const std::vector<int64_t> targets = internal::flash_targets();
   if (!targets.empty()) info.simd_target = internal::flash_target_name(targets[0]);
+  info.amx_bf16 = internal::amx_flash_available();
   info.mem_available = available_memory_bytes();
   info.date = utc_now();
   return info;
@@ -235,8 +238,8 @@ class Stopwatch {
 
 // Times qkv and the baseline on every case, in order; inputs are made once
 // per shape and shared by the cases that follow with the same shape.
-std::vector<CaseResult> run_sweep(const std::vector<BenchCase>& cases, int threads, const Stopwatch& clock,
-                                  ProgressLine& progress) {
+std::vector<CaseResult> run_sweep(const std::vector<BenchCase>& cases, int threads, bool amx_bf16,
+                                  const Stopwatch& clock, ProgressLine& progress) {
   std::vector<CaseResult> results;
   std::unique_ptr<Inputs> inputs;
   for (size_t n = 0; n < cases.size(); ++n) {
@@ -260,7 +263,23 @@ std::vector<CaseResult> run_sweep(const std::vector<BenchCase>& cases, int threa
       const AttentionParams params = inputs->params(c, o_qkv.data(), threads);
       qkv.seconds = time_call([&] { attention(params); }, c.seq);
     }
-    progress.append(" " + format_time(qkv.seconds) + ", openblas...");
+    progress.append(" " + format_time(qkv.seconds));
+
+    if (amx_bf16) {  // the same call with the AMX kernel off: its float32 predecessor
+      Measured& fma = result.impl[kFmaImpl];
+      if (c.dtype == DType::kBFloat16) {
+        progress.append(std::string(", ") + kFmaImpl + "...");
+        std::vector<uint16_t> o = inputs->new_output_bf16();
+        const AttentionParams params = inputs->params(c, o.data(), threads);
+        internal::set_amx_enabled(false);
+        fma.seconds = time_call([&] { attention(params); }, c.seq);
+        internal::set_amx_enabled(true);
+        progress.append(" " + format_time(fma.seconds));
+      } else {
+        fma.skipped = "bf16 cases only";
+      }
+    }
+    progress.append(", openblas...");
 
     Measured& baseline = result.impl["openblas"];
     const int64_t baseline_bytes = materialized_attention_bytes(inputs->params(c, nullptr, threads)) +
@@ -377,9 +396,9 @@ void run_bench(const BenchOptions& options) {
   BenchRun run;
   run.machine = machine_info(threads);
   const MachineInfo& machine = run.machine;
-  std::printf("qkv bench  %s, %u logical CPUs, %d thread%s, SIMD target %s, qkv %s, %s\n", machine.cpu.c_str(),
-              machine.logical_cpus, threads, threads == 1 ? "" : "s", machine.simd_target.c_str(), kVersion,
-              machine.date.c_str());
+  std::printf("qkv bench  %s, %u logical CPUs, %d thread%s, SIMD target %s%s, qkv %s, %s\n", machine.cpu.c_str(),
+              machine.logical_cpus, threads, threads == 1 ? "" : "s", machine.simd_target.c_str(),
+              machine.amx_bf16 ? " (bf16: AMX-BF16)" : "", kVersion, machine.date.c_str());
   std::printf("cases     %zu%s\n", cases.size(), options.quick ? " (--quick)" : "");
   std::fflush(stdout);
 
@@ -391,7 +410,7 @@ void run_bench(const BenchOptions& options) {
   progress.append(format(" %.1f GFLOP/s, %.1f with 1 thread; warming up...", run.peak.start, run.peak.one_thread));
   warm_up(threads);
 
-  run.cases = run_sweep(cases, threads, clock, progress);
+  run.cases = run_sweep(cases, threads, machine.amx_bf16, clock, progress);
   run.scaling = run_scaling(threads, progress);
 
   if (options.peers != "none") {

@@ -62,9 +62,11 @@ std::string peer_status(const PeersReport& peers, const std::string& name) {
   return text;
 }
 
-// The implementations in print order: qkv, the baseline, the peers.
-std::vector<std::string> implementation_names(const PeersReport& peers) {
+// The implementations in print order: qkv, the baseline, qkv without AMX
+// (if timed), the peers.
+std::vector<std::string> implementation_names(const PeersReport& peers, const MachineInfo& machine) {
   std::vector<std::string> names = {"qkv", "openblas"};
+  if (machine.amx_bf16) names.push_back(kFmaImpl);
   names.insert(names.end(), peers.names.begin(), peers.names.end());
   return names;
 }
@@ -165,8 +167,9 @@ void print_report(const BenchRun& run) {
 
   // One table per group (every field but seq), in the order groups first appear;
   // peers that did not run at all were named on the line above, not in every table.
-  std::vector<std::string> impls = implementation_names(peers);
-  impls.erase(std::remove_if(impls.begin() + 2, impls.end(),
+  std::vector<std::string> impls = implementation_names(peers, machine);
+  const size_t first_peer = impls.size() - peers.names.size();
+  impls.erase(std::remove_if(impls.begin() + static_cast<std::ptrdiff_t>(first_peer), impls.end(),
                              [&](const std::string& name) { return peer_absent(peers, name); }),
               impls.end());
   std::vector<std::vector<const CaseResult*>> groups;
@@ -224,11 +227,14 @@ void print_report(const BenchRun& run) {
       "          [-1, 1); bf16 cases use the fp32 values rounded to bf16.\n"
       "GFLOP/s   4*heads*seq^2*head_dim, halved for causal: the work of a kernel that skips masked keys,\n"
       "          whatever an implementation really computes.\n"
-      "%% peak    of the fp32 FMA peak above (max of start and end). bf16 cases too: qkv computes in\n"
-      "          fp32, but a peer may use bf16 dot-product units (AVX512-BF16, AMX) and exceed 100%%.\n"
+      "%% peak    of the fp32 FMA peak above (max of start and end), for bf16 cases too, where bf16\n"
+      "          dot-product units (AVX512-BF16, AMX: qkv with AMX-BF16, peers) may exceed 100%%.\n"
       "speed-up  the implementation's time / qkv's time on the same case: > 1 means qkv is faster.\n"
       "openblas  textbook attention: the full score matrix from OpenBLAS sgemm, softmax, sgemm (baseline.h).\n",
       kBenchRuns, static_cast<long long>(kBenchSingleRunAboveSeq));
+  if (machine.amx_bf16) {
+    std::printf("%s   qkv with its AMX kernel switched off: bf16 cases on the float32 FMA kernel.\n", kFmaImpl);
+  }
 }
 
 Json report_json(const BenchRun& run, Json options) {
@@ -245,6 +251,7 @@ Json report_json(const BenchRun& run, Json options) {
                                      {"logical_cpus", static_cast<int64_t>(machine.logical_cpus)},
                                      {"threads", machine.threads},
                                      {"simd_target", machine.simd_target},
+                                     {"amx_bf16", machine.amx_bf16},
                                      {"mem_available_bytes", machine.mem_available}});
   report.set("peak_gflops", Json::Object{{"peak", peak.best()},
                                          {"start", peak.start},
@@ -268,7 +275,7 @@ Json report_json(const BenchRun& run, Json options) {
   }
   report.set("scaling", std::move(scaling_json));
 
-  const std::vector<std::string> impls = implementation_names(peers);
+  const std::vector<std::string> impls = implementation_names(peers, machine);
   Json impl_list{Json::Array{}};
   for (const std::string& impl : impls) impl_list.push(impl);
   report.set("implementations", std::move(impl_list));

@@ -23,6 +23,9 @@ inline constexpr int64_t kBenchSingleRunAboveSeq = 8192;
 // qkv and the baseline both accumulate in float32; on inputs in [-1, 1) they
 // agree to about 1e-6. More than this means one of them is wrong.
 inline constexpr double kBenchMaxAgreedDiff = 1e-4;
+// On a CPU with AMX-BF16, qkv's bfloat16 cases run on AMX tiles; this row
+// times the same cases with that kernel switched off (the float32 FMA kernel).
+inline constexpr const char* kFmaImpl = "qkv-fma";
 
 // One implementation on one case.
 struct Measured {
@@ -59,6 +62,7 @@ struct MachineInfo {
   unsigned logical_cpus = 0;
   int threads = 1;              // what every implementation was given
   std::string simd_target = "unknown";  // the one qkv dispatched to
+  bool amx_bf16 = false;                // bfloat16 cases on AMX tiles (and kFmaImpl timed)
   int64_t mem_available = -1;
   std::string date;             // ISO 8601, UTC
 };

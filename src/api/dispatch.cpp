@@ -1,5 +1,6 @@
 #include "api/dispatch.h"
 
+#include "kernels/amx_forward.h"
 #include "kernels/decode.h"
 #include "kernels/flash_forward.h"
 #include "reference/attention_reference.h"
@@ -11,6 +12,20 @@ namespace qkv::internal {
 // when a caller issues thousands of tiny calls).
 constexpr double kSerialWork = 1 << 20;
 
+namespace {
+
+// The flash kernel: on AMX tiles for bfloat16 where this CPU and OS allow it,
+// else the float32 SIMD kernel.
+void run_flash(const AttentionProblem& problem) {
+  if (amx_flash_supports(problem)) {
+    amx_flash_forward(problem);
+  } else {
+    flash_forward(problem);
+  }
+}
+
+}  // namespace
+
 void run_attention(const AttentionProblem& problem_in, Backend backend, int num_splits) {
   AttentionProblem problem = problem_in;
   const double work = static_cast<double>(problem.batch) * problem.heads * problem.seq_q *
@@ -21,7 +36,7 @@ void run_attention(const AttentionProblem& problem_in, Backend backend, int num_
       attention_reference(problem);
       return;
     case Backend::kFlash:
-      flash_forward(problem);
+      run_flash(problem);
       return;
     case Backend::kDecode:
       decode_forward(problem, num_splits);
@@ -30,7 +45,7 @@ void run_attention(const AttentionProblem& problem_in, Backend backend, int num_
       if (problem.seq_q * problem.group <= kDecodeMaxRows) {
         decode_forward(problem, num_splits);
       } else {
-        flash_forward(problem);
+        run_flash(problem);
       }
       return;
   }

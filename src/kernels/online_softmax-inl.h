@@ -114,6 +114,27 @@ HWY_INLINE void ApplyScoreOptions(D d, const AttentionProblem& p, const ScoreUni
   }
 }
 
+// The running-max step of the online softmax, shared by every row update:
+// for a row whose running max is m (score units, -inf while no key has been
+// visible) and a key block whose largest score is block_max (-inf if none is
+// visible), sets m = max(m, block_max) and returns what the block's scores
+// are shifted by before 2^x (the new max, or 0 while nothing is visible:
+// every 2^(-inf - 0) is exactly 0) and alpha = 2^(m_old - m_new), the factor
+// for what the row accumulated so far (0 while m_old = -inf: never -inf - -inf).
+struct RowShift {
+  float subtract;
+  float alpha;
+};
+HWY_INLINE RowShift AdvanceRowMax(const ScoreUnits& units, float block_max, float& m) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const float m_new = std::max(m, block_max);
+  const float m_use = m_new == kNegInf ? 0.0f : m_new;
+  // (m == m_use, the common case once the row's max has settled: alpha = 2^0.)
+  const float alpha = m == kNegInf ? 0.0f : m == m_use ? 1.0f : std::exp2((m - m_use) * units.to_log2);
+  m = m_new;
+  return {m_use, alpha};
+}
+
 // Online-softmax update of one row with the scores s[0, n_pad) of a new key
 // block (log2 units, -inf = invisible). In place: s becomes p = 2^(s - m_new).
 // Updates the running max m and sum l; returns alpha = 2^(m_old - m_new), the
@@ -127,11 +148,8 @@ HWY_INLINE float OnlineSoftmaxRow(D d, const ScoreUnits& units, float* HWY_RESTR
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   V vmax = hn::Set(d, -std::numeric_limits<float>::infinity());
   for (int64_t j = 0; j < n_pad; j += N) vmax = hn::Max(vmax, hn::Load(d, s + j));
-  const float block_max = hn::GetLane(hn::MaxOfLanes(d, vmax));
-  const float m_new = std::max(m, block_max);
-  // While nothing is visible, subtract 0: every 2^(-inf - 0) is exactly 0.
-  const float m_use = m_new == -std::numeric_limits<float>::infinity() ? 0.0f : m_new;
-  const V vm = hn::Set(d, m_use);
+  const RowShift shift = AdvanceRowMax(units, hn::GetLane(hn::MaxOfLanes(d, vmax)), m);
+  const V vm = hn::Set(d, shift.subtract);
   V vsum = hn::Zero(d);
   if (units.to_log2 == 1.0f) {
     for (int64_t j = 0; j < n_pad; j += N) {
@@ -147,12 +165,8 @@ HWY_INLINE float OnlineSoftmaxRow(D d, const ScoreUnits& units, float* HWY_RESTR
       hn::Store(e, d, s + j);
     }
   }
-  const float alpha = m == -std::numeric_limits<float>::infinity()
-                          ? 0.0f
-                          : std::exp2((m - m_use) * units.to_log2);
-  l = alpha * l + hn::GetLane(hn::SumOfLanes(d, vsum));
-  m = m_new;
-  return alpha;
+  l = shift.alpha * l + hn::GetLane(hn::SumOfLanes(d, vsum));
+  return shift.alpha;
 }
 
 // Writes one finished row: o = acc / l (with the sink folded into l) in the

@@ -1,0 +1,503 @@
+// Flash forward for bfloat16 q, k, v, o on AMX tiles: the algorithm, task
+// schedule and score options of flash_forward.cpp, with both products on the
+// tile unit (amx_tiles.h) and the softmax in AVX-512.
+//
+// A task is (kv head, query tile); its rows are positions x GQA group (row r
+// at position r / group, head kv_head * group + r % group), in groups of 32.
+// An item is a (key block [k0, k1), row group) pair with some visible key;
+// per item:
+//   1. S = Q.K^T on tiles: raw bf16 products, exact in fp32, accumulated in
+//      fp32. Q is not pre-scaled (that would round it to bf16 again): S is
+//      multiplied by the score scale in fp32, one rounding, as a float32
+//      kernel that scales Q in float32 has.
+//   2. options and online softmax per row (online_softmax-inl.h), in fp32:
+//      P = 2^(S - m_new) in [0, 1], alpha = 2^(m_old - m_new).
+//   3. O = alpha * O + P.V on tiles with P = P_hi + P_lo, both bf16 (P_hi =
+//      P truncated to bf16, P_lo = bf16(P - P_hi)): two products that carry P
+//      to 2^-16 instead of 2^-9 for a single bf16 P, far below the bf16
+//      rounding of o (the second product costs about 12% of the time).
+// Finally StoreFinalRow normalizes, folds in a sink and writes o and lse.
+//
+// Software pipeline: while the vector code does step 2 of item i, the tile
+// steps of step 3 of item i - 1 and of step 1 of item i + 1 are issued
+// between its rows, so the tile unit works while the vector units do. S, P
+// and alpha are double-buffered by item parity. The overlap is partial: a
+// running tile product takes a vector port (measured: 4 products next to 128
+// independent FMAs take the sum of both times), and both stream through L1.
+// Still 7-10% over issuing the tile work between the softmax passes.
+//
+// Packed layouts, once per (batch, kv head), keys rounded up to 32 with zeros:
+//   K: [seq_kv / 16][head_dim_pad / 32][16][16][2]: B tiles of X = K^T,
+//      head_dim zero-padded to a multiple of 32;
+//   V: [seq_kv / 32][head_dim_v_pad / 16][16][16][2]: B tiles of X = V,
+//      head_dim_v zero-padded to a multiple of 16.
+// Every B tile is 1 KiB contiguous (stride 64 bytes).
+//
+// Built like the SIMD kernels (Highway's foreach_target), but only the AVX3
+// pass holds the kernel, with AVX512-BF16 and AMX added to that pass's target
+// attributes: every CPU with AMX-BF16 has AVX-512 F/BW/DQ/VL and AVX512-BF16,
+// and amx_flash_supports checks AMX at run time. No file-wide ISA flags: an
+// inline function of a shared header compiled here with them (an out-of-line
+// copy in a debug build) could be the copy the linker keeps for everyone.
+
+#include "kernels/amx_forward.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "runtime/amx.h"
+#include "runtime/scratch.h"
+#include "runtime/threads.h"
+
+#ifdef QKV_HAVE_AMX
+#include <immintrin.h>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/amx_forward.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#endif
+
+#include "hwy/highway.h"
+#include "kernels/online_softmax-inl.h"
+
+#if defined(QKV_HAVE_AMX) && HWY_TARGET == HWY_AVX3
+
+HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",avx512bf16,amx-tile,amx-bf16")
+#include "kernels/amx_tiles.h"
+
+namespace qkv::internal {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+namespace {
+
+using amx::kColTile;
+using amx::kDimStep;
+using amx::kGroupRows;
+using amx::kKeyStep;
+using amx::kKeyTile;
+using amx::kTileElems;
+
+constexpr int64_t kPackBudgetBytes = int64_t{8} << 20;
+constexpr int64_t kPackChunkKeys = 512;  // keys per packing task (a multiple of kKeyStep)
+constexpr int64_t kMaxBlockKv = 512;
+// Rows (positions x group) per task, and keys per block: at head_dim 128 the
+// task's Q (bf16) and O (fp32) take 96 KiB for 128 rows, a K/V block of 256
+// keys 128 KiB (L2), the double-buffered S and P of a row group 128 KiB
+// (256 keys measured 7% faster than 128: half the per-row softmax overhead
+// and twice as many products per stored tile). When a head's packed K/V
+// outgrows the L2, each task streams it from L3: 4x the rows cut that.
+constexpr int64_t kTargetTileRows = 128;
+constexpr int64_t kLongTileRows = 512;
+constexpr int64_t kLongKvBytes = int64_t{4} << 20;
+constexpr int64_t kTargetBlockBytes = 64 << 10;  // K block: keys * head_dim_pad * 2
+
+int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+int64_t CeilDiv(int64_t x, int64_t m) { return (x + m - 1) / m; }
+
+// Sizes derived once per call.
+struct Geometry {
+  int64_t dim_pad = 0;     // head_dim rounded up to kDimStep
+  int64_t dim_v_pad = 0;   // head_dim_v rounded up to kColTile
+  int64_t key_pad = 0;     // seq_kv rounded up to kKeyStep
+  int64_t block_q = 0;     // query positions per task
+  int64_t block_kv = 0;    // keys per block, a multiple of kKeyStep
+  int64_t rows_pad = 0;    // block_q * group rounded up to kGroupRows
+  int64_t q_tiles = 0;     // tasks per (batch, kv head)
+  int64_t k_elems = 0;     // packed K per (batch, kv head), bf16
+  int64_t v_elems = 0;     // packed V per (batch, kv head), bf16
+  int64_t heads_per_round = 0;
+
+  explicit Geometry(const AttentionProblem& p) {
+    dim_pad = RoundUp(std::max<int64_t>(p.head_dim, 1), kDimStep);
+    dim_v_pad = RoundUp(std::max<int64_t>(p.head_dim_v, 1), kColTile);
+    key_pad = RoundUp(p.seq_kv, kKeyStep);
+    k_elems = key_pad * dim_pad;
+    v_elems = key_pad * dim_v_pad;
+    const int64_t head_bytes = std::max<int64_t>(1, (k_elems + v_elems) * 2);
+    const int64_t rows = head_bytes > kLongKvBytes ? kLongTileRows : kTargetTileRows;
+    block_q = p.tiling.block_q > 0 ? p.tiling.block_q : std::max<int64_t>(1, rows / p.group);
+    block_q = std::max<int64_t>(1, std::min(block_q, p.seq_q));
+    const int64_t auto_kv = std::clamp<int64_t>(
+        kTargetBlockBytes / (2 * std::max(dim_pad, dim_v_pad)) / kKeyStep * kKeyStep, 64, 256);
+    block_kv = std::min(kMaxBlockKv,
+                        RoundUp(p.tiling.block_kv > 0 ? p.tiling.block_kv : auto_kv, kKeyStep));
+    rows_pad = RoundUp(block_q * p.group, kGroupRows);
+    q_tiles = CeilDiv(p.seq_q, block_q);
+    heads_per_round = std::clamp<int64_t>(kPackBudgetBytes / head_bytes, 1,
+                                          std::max<int64_t>(1, p.batch * p.kv_heads));
+  }
+};
+
+// Per-thread buffers, carved 64-byte aligned from one block (base == nullptr:
+// only `bytes` is meaningful). [2] = one per item parity (double buffers).
+struct Scratch {
+  uint16_t* q = nullptr;      // [rows_pad][dim_pad] bf16: raw q rows, zero-padded
+  float* o = nullptr;         // [rows_pad][dim_v_pad] accumulators
+  float* s[2] = {};           // [kGroupRows][block_kv] scores, then P
+  uint16_t* p_hi[2] = {};     // [kGroupRows][block_kv] bf16
+  uint16_t* p_lo[2] = {};     // [kGroupRows][block_kv] bf16
+  float* alpha[2] = {};       // [kGroupRows]
+  float* m = nullptr;         // [rows_pad] running max (score units)
+  float* l = nullptr;         // [rows_pad] running sum
+  TileRow* rows = nullptr;    // [rows_pad]
+  uint16_t* pack_rows = nullptr;  // [kKeyStep][max(dim_pad, dim_v_pad)] bf16: rows being packed
+  int64_t bytes = 0;
+
+  Scratch(const Geometry& g, char* base) {
+    const auto take = [&](auto*& ptr, int64_t count) {
+      using T = std::remove_reference_t<decltype(*ptr)>;
+      ptr = base ? reinterpret_cast<T*>(base + bytes) : nullptr;
+      bytes += RoundUp(count * static_cast<int64_t>(sizeof(T)), 64);
+    };
+    take(q, g.rows_pad * g.dim_pad);
+    take(o, g.rows_pad * g.dim_v_pad);
+    for (int i = 0; i < 2; ++i) {
+      take(s[i], kGroupRows * g.block_kv);
+      take(p_hi[i], kGroupRows * g.block_kv);
+      take(p_lo[i], kGroupRows * g.block_kv);
+      take(alpha[i], kGroupRows);
+    }
+    take(m, g.rows_pad);
+    take(l, g.rows_pad);
+    take(rows, g.rows_pad);
+    take(pack_rows, kKeyStep * std::max(g.dim_pad, g.dim_v_pad));
+  }
+};
+
+// Packs keys [j0, j1) of one (batch, kv head) into the tile layouts above:
+// real keys below keys(b), zeros up to the next multiple of kKeyStep, nothing
+// beyond (no block reads there). j0 is a multiple of kKeyStep. Per 32 keys,
+// the rows are first copied (zero-padded) into `rows` [32][row_stride] in L1,
+// then the tiles are written out in order: sequential stores, where writing
+// each key's pairs straight to their tiles would touch 64 lines per key.
+//   kp: [key_pad / 16][dim_pad / 32][16 pair-rows][16 keys] pairs of bf16 (uint32)
+//   vp: [key_pad / 32][dim_v_pad / 16][16 key pairs][16 columns][2] bf16
+void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kvh, int64_t j0,
+              int64_t j1, uint16_t* HWY_RESTRICT kp, uint16_t* HWY_RESTRICT vp,
+              uint16_t* HWY_RESTRICT rows) {
+  const int64_t keys = p.keys(b);
+  j1 = std::min(j1, RoundUp(keys, kKeyStep));
+  const int64_t dim_steps = g.dim_pad / kDimStep;
+  const int64_t col_tiles = g.dim_v_pad / kColTile;
+  const int64_t stride = std::max(g.dim_pad, g.dim_v_pad);
+  const auto load_rows = [&](int64_t jb, bool values) {
+    const int64_t dim = values ? p.head_dim_v : p.head_dim;
+    for (int64_t l = 0; l < kKeyStep; ++l) {
+      uint16_t* row = rows + l * stride;
+      std::memset(row, 0, static_cast<size_t>(stride) * 2);
+      if (jb + l < keys) {
+        const void* src = values ? p.value_row(b, jb + l, kvh).data : p.key_row(b, jb + l, kvh).data;
+        std::memcpy(row, src, static_cast<size_t>(dim) * 2);
+      }
+    }
+  };
+  for (int64_t jb = j0; jb < j1; jb += kKeyStep) {
+    // K: tile (jb / 16 + t, step st), pair-row i, key n = pair 16 st + i of key 16 t + n.
+    load_rows(jb, false);
+    const uint32_t* pairs = reinterpret_cast<const uint32_t*>(rows);
+    uint32_t* out = reinterpret_cast<uint32_t*>(kp + (jb / kKeyTile) * dim_steps * kTileElems);
+    for (int64_t t = 0; t < 2; ++t) {
+      for (int64_t st = 0; st < dim_steps; ++st) {
+        for (int64_t i = 0; i < 16; ++i) {
+          for (int64_t n = 0; n < 16; ++n) *out++ = pairs[(16 * t + n) * (stride / 2) + 16 * st + i];
+        }
+      }
+    }
+    // V: step jb / 32, column tile c, pair-row i, column n, half h = element
+    // 16 c + n of key 2 i + h.
+    load_rows(jb, true);
+    uint16_t* vout = vp + (jb / kKeyStep) * col_tiles * kTileElems;
+    for (int64_t c = 0; c < col_tiles; ++c) {
+      for (int64_t i = 0; i < 16; ++i) {
+        const uint16_t* even = rows + 2 * i * stride + 16 * c;
+        const uint16_t* odd = even + stride;
+        for (int64_t n = 0; n < 16; ++n) {
+          *vout++ = even[n];
+          *vout++ = odd[n];
+        }
+      }
+    }
+  }
+}
+
+// OnlineSoftmaxRow (online_softmax-inl.h) for the scores scale * s[0, n_pad),
+// with P written as two bf16 terms instead of fp32 in place: hi[j] = p_j
+// truncated to bf16 (exact), lo[j] = bf16(p_j - hi[j]) (p_j - hi[j] is exact
+// in fp32 and below 2^-7 p_j), so hi + lo = p_j to 2^-16. One pass for the
+// max, one for 2^x, the sum and the split. n_pad % 32 == 0. Returns alpha.
+template <class D>
+HWY_INLINE float SoftmaxRowToBf16(D d, const ScoreUnits& units, const float* HWY_RESTRICT s,
+                                  float scale, int64_t n_pad, float& m, float& l,
+                                  uint16_t* HWY_RESTRICT hi, uint16_t* HWY_RESTRICT lo) {
+  using V = hn::Vec<D>;
+  static_assert(hn::MaxLanes(D()) == 16, "16 floats per vector: two make 32 bf16");
+  // Rounding is monotonic, so the largest scale * s_j (as rounded in the exp
+  // pass) is scale times the largest s_j, or the smallest for scale < 0.
+  V ext0 = hn::Load(d, s), ext1 = hn::Load(d, s + 16);
+  if (scale >= 0) {
+    for (int64_t j = 32; j < n_pad; j += 32) {
+      ext0 = hn::Max(ext0, hn::Load(d, s + j));
+      ext1 = hn::Max(ext1, hn::Load(d, s + j + 16));
+    }
+    ext0 = hn::MaxOfLanes(d, hn::Max(ext0, ext1));
+  } else {
+    for (int64_t j = 32; j < n_pad; j += 32) {
+      ext0 = hn::Min(ext0, hn::Load(d, s + j));
+      ext1 = hn::Min(ext1, hn::Load(d, s + j + 16));
+    }
+    ext0 = hn::MinOfLanes(d, hn::Min(ext0, ext1));
+  }
+  const RowShift shift = AdvanceRowMax(units, hn::GetLane(ext0) * scale, m);
+  const V vscale = hn::Set(d, scale);
+  const V vm = hn::Set(d, shift.subtract);
+  const V to_log2 = hn::Set(d, units.to_log2);
+  const bool log2_units = units.to_log2 == 1.0f;
+  const hn::RebindToUnsigned<D> du;
+  const auto high_half = hn::Set(du, 0xffff0000u);
+  V sum0 = hn::Zero(d), sum1 = hn::Zero(d);
+  for (int64_t j = 0; j < n_pad; j += 32) {
+    V x0 = hn::Sub(hn::Mul(hn::Load(d, s + j), vscale), vm);
+    V x1 = hn::Sub(hn::Mul(hn::Load(d, s + j + 16), vscale), vm);
+    if (!log2_units) {
+      x0 = hn::Mul(x0, to_log2);
+      x1 = hn::Mul(x1, to_log2);
+    }
+    const V e0 = Exp2NonPositive(d, x0), e1 = Exp2NonPositive(d, x1);
+    sum0 = hn::Add(sum0, e0);
+    sum1 = hn::Add(sum1, e1);
+    const V h0 = hn::BitCast(d, hn::And(hn::BitCast(du, e0), high_half));
+    const V h1 = hn::BitCast(d, hn::And(hn::BitCast(du, e1), high_half));
+    // cvtne2ps(x, y): bf16 elements 0..15 from y, 16..31 from x (exact for h).
+    const __m512bh h = _mm512_cvtne2ps_pbh(h1.raw, h0.raw);
+    const __m512bh r = _mm512_cvtne2ps_pbh(hn::Sub(e1, h1).raw, hn::Sub(e0, h0).raw);
+    _mm512_storeu_si512(hi + j, reinterpret_cast<const __m512i&>(h));
+    _mm512_storeu_si512(lo + j, reinterpret_cast<const __m512i&>(r));
+  }
+  l = shift.alpha * l + hn::GetLane(hn::SumOfLanes(d, hn::Add(sum0, sum1)));
+  return shift.alpha;
+}
+
+// x[0, n) *= factor (n % 16 == 0).
+template <class D>
+HWY_INLINE void ScaleRow(D d, float factor, float* HWY_RESTRICT x, int64_t n) {
+  const auto f = hn::Set(d, factor);
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t j = 0; j < n; j += N) hn::Store(hn::Mul(f, hn::Load(d, x + j)), d, x + j);
+}
+
+// A key block x row group with some visible key: the unit of the pipeline.
+struct Item {
+  int64_t k0 = 0, n = 0, n_pad = 0;  // keys [k0, k0 + n), padded to n_pad (% 32 == 0)
+  int64_t r0 = 0, rows = 0;          // real task rows [r0, r0 + rows) of the group
+  bool all_full = false;             // every such row sees every key of the block
+};
+
+// The items of a task in order: key blocks (aligned to kKeyStep, covering
+// every visible key), then row groups; groups with no visible key of the
+// block are skipped.
+class ItemWalk {
+ public:
+  ItemWalk(const Geometry& g, const TileRow* rows, int64_t n_rows, int64_t key_begin,
+           int64_t key_end)
+      : rows_(rows), n_rows_(n_rows), block_kv_(g.block_kv), key_end_(key_end),
+        k0_(key_begin / kKeyStep * kKeyStep) {}
+
+  bool Next(Item& item) {
+    for (; k0_ < key_end_; k0_ += block_kv_, r0_ = 0) {
+      const int64_t k1 = std::min(k0_ + block_kv_, key_end_);
+      while (r0_ < n_rows_) {
+        const int64_t r0 = r0_;
+        const int64_t rows = std::min(kGroupRows, n_rows_ - r0);
+        r0_ += kGroupRows;
+        bool any_visible = false, all_full = true;
+        for (int64_t r = r0; r < r0 + rows; ++r) {
+          const TileRow& row = rows_[r];
+          any_visible |= row.lo < k1 && row.hi >= k0_ && row.lo <= row.hi;
+          all_full &= row.lo <= k0_ && row.hi >= k1 - 1;
+        }
+        if (!any_visible) continue;
+        item = {k0_, k1 - k0_, RoundUp(k1 - k0_, kKeyStep), r0, rows, all_full};
+        return true;
+      }
+    }
+    return false;
+  }
+
+ private:
+  const TileRow* rows_;
+  int64_t n_rows_, block_kv_, key_end_;
+  int64_t k0_, r0_ = 0;
+};
+
+// One task: query positions [q0, q1) of all heads of kv head `kvh`.
+void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kvh, int64_t tile,
+             const uint16_t* HWY_RESTRICT kp, const uint16_t* HWY_RESTRICT vp, Scratch& w) {
+  const hn::ScalableTag<float> d;
+  const int64_t q0 = tile * g.block_q;
+  const int64_t q1 = std::min(q0 + g.block_q, p.seq_q);
+  const int64_t n_rows = (q1 - q0) * p.group;
+  const int64_t rows_pad = RoundUp(n_rows, kGroupRows);
+  const ScoreUnits units(p);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+
+  // 1. Rows: position, head, visible interval; raw Q rows; empty state.
+  // Padding rows (n_rows .. rows_pad) have zero Q and P and are never stored.
+  int64_t key_begin = p.seq_kv, key_end = 0;
+  std::memset(w.q, 0, static_cast<size_t>(rows_pad * g.dim_pad) * 2);
+  for (int64_t r = 0; r < n_rows; ++r) {
+    TileRow& row = w.rows[r];
+    row.batch = b;
+    row.query = q0 + r / p.group;
+    row.head = kvh * p.group + r % p.group;
+    row.lo = std::max<int64_t>(0, p.key_lo(b, row.query));
+    row.hi = p.key_hi(b, row.query);
+    if (row.lo <= row.hi) {
+      key_begin = std::min(key_begin, row.lo);
+      key_end = std::max(key_end, row.hi + 1);
+    }
+    std::memcpy(w.q + r * g.dim_pad,
+                static_cast<const uint16_t*>(p.q) + p.q_stride.offset(b, row.query, row.head),
+                static_cast<size_t>(p.head_dim) * 2);
+    w.m[r] = neg_inf;
+    w.l[r] = 0.0f;
+  }
+  std::memset(w.o, 0, static_cast<size_t>(rows_pad * g.dim_v_pad) * 4);
+
+  // 2. Items, pipelined: while the rows of item i go through the softmax,
+  // the tile steps of O += P.V of item i - 1 and of S = Q.K^T of item i + 1
+  // are issued between them, spread evenly.
+  const bool plain = p.softcap == 0 && !p.has_alibi() && !p.has_mask();
+  const int64_t dim_steps = g.dim_pad / kDimStep;
+  const int64_t col_tiles = g.dim_v_pad / kColTile;
+  const auto scores_of = [&](const Item& it, int buf) {
+    return amx::ScoreSteps(w.q + it.r0 * g.dim_pad, g.dim_pad,
+                           kp + (it.k0 / kKeyTile) * dim_steps * kTileElems, it.n_pad, w.s[buf],
+                           g.block_kv);
+  };
+  const auto accumulate_of = [&](const Item& it, int buf) {
+    return amx::AccumulateSteps(w.p_hi[buf], w.p_lo[buf], g.block_kv, w.alpha[buf],
+                                vp + (it.k0 / kKeyStep) * col_tiles * kTileElems, col_tiles,
+                                it.n_pad, w.o + it.r0 * g.dim_v_pad, g.dim_v_pad);
+  };
+  ItemWalk walk(g, w.rows, n_rows, key_begin, key_end);
+  Item cur, next, prev;
+  bool has_next = walk.Next(next), has_prev = false;
+  if (has_next) scores_of(next, 0).Finish();
+  int buf = 0;  // parity of cur; prev's buffers are buf ^ 1
+  while (has_next) {
+    cur = next;
+    has_next = walk.Next(next);
+    amx::TileSteps tile_steps(has_prev ? accumulate_of(prev, buf ^ 1) : amx::AccumulateSteps(),
+                              has_next ? scores_of(next, buf ^ 1) : amx::ScoreSteps());
+    const int64_t steps = tile_steps.steps();
+    int64_t issued = 0;
+    for (int64_t r = 0; r < cur.rows; ++r) {
+      float* sr = w.s[buf] + r * g.block_kv;
+      float scale = units.q_scale;  // folded into the softmax passes unless options need it first
+      if (!plain || !cur.all_full || cur.n < cur.n_pad) {
+        ScaleRow(d, scale, sr, cur.n_pad);
+        scale = 1.0f;
+        ApplyScoreOptions(d, p, units, w.rows[cur.r0 + r], cur.k0, cur.n, cur.n_pad,
+                          !cur.all_full, sr);
+      }
+      w.alpha[buf][r] = SoftmaxRowToBf16(d, units, sr, scale, cur.n_pad, w.m[cur.r0 + r],
+                                         w.l[cur.r0 + r], w.p_hi[buf] + r * g.block_kv,
+                                         w.p_lo[buf] + r * g.block_kv);
+      for (const int64_t due = steps * (r + 1) / cur.rows; issued < due; ++issued) tile_steps.Step();
+    }
+    for (int64_t r = cur.rows; r < kGroupRows; ++r) {  // padding rows: P = 0
+      std::memset(w.p_hi[buf] + r * g.block_kv, 0, static_cast<size_t>(cur.n_pad) * 2);
+      std::memset(w.p_lo[buf] + r * g.block_kv, 0, static_cast<size_t>(cur.n_pad) * 2);
+      w.alpha[buf][r] = 1.0f;
+    }
+    tile_steps.Finish();
+    prev = cur;
+    has_prev = true;
+    buf ^= 1;
+  }
+  if (has_prev) accumulate_of(prev, buf ^ 1).Finish();
+
+  // 3. Normalize once; fold in the sink; store O and LSE.
+  for (int64_t r = 0; r < n_rows; ++r) {
+    StoreFinalRow(p, units, w.rows[r], w.m[r], w.l[r], w.o + r * g.dim_v_pad);
+  }
+}
+
+}  // namespace
+
+void AmxFlashForward(const AttentionProblem& p) {
+  if (p.batch == 0 || p.seq_q == 0) return;
+  const Geometry g(p);
+  const int64_t thread_bytes = Scratch(g, nullptr).bytes;
+  const int64_t pairs = p.batch * p.kv_heads;
+  const int64_t head_elems = g.k_elems + g.v_elems;
+  const int64_t pack_bytes = RoundUp(g.heads_per_round * head_elems * 2, 64);
+  const int threads = std::max(1, p.num_threads);
+  // One buffer (allocated before the parallel region, so std::bad_alloc
+  // reaches the caller): the packed K/V of a round, then each thread's scratch.
+  const ScratchLease lease =
+      acquire_scratch(static_cast<size_t>((pack_bytes + threads * thread_bytes) / 4));
+  uint16_t* const pack = reinterpret_cast<uint16_t*>(lease.data);
+  char* const scratch_base = reinterpret_cast<char*>(lease.data) + pack_bytes;
+  const int64_t chunks = std::max<int64_t>(1, CeilDiv(p.seq_kv, kPackChunkKeys));
+  const bool heavy_last = p.causal;  // later query tiles see more keys
+
+#pragma omp parallel num_threads(threads)
+  {
+    ScopedFlushDenormals flush_denormals;
+    amx::ScopedTiles tiles;
+    Scratch scratch(g, scratch_base + omp_get_thread_num() * thread_bytes);
+    for (int64_t first = 0; first < pairs; first += g.heads_per_round) {
+      const int64_t round = std::min(g.heads_per_round, pairs - first);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < round * chunks; ++t) {
+        const int64_t pair = first + t / chunks;
+        const int64_t j0 = (t % chunks) * kPackChunkKeys;
+        uint16_t* base = pack + (pair - first) * head_elems;
+        PackKeys(p, g, pair / p.kv_heads, pair % p.kv_heads, j0, j0 + kPackChunkKeys, base,
+                 base + g.k_elems, scratch.pack_rows);
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < round * g.q_tiles; ++t) {
+        // Head-major: the threads share one head's K/V in the last-level cache.
+        const int64_t pair = first + t / g.q_tiles;
+        const int64_t order = t % g.q_tiles;
+        const int64_t tile = heavy_last ? g.q_tiles - 1 - order : order;
+        const uint16_t* base = pack + (pair - first) * head_elems;
+        RunTile(p, g, pair / p.kv_heads, pair % p.kv_heads, tile, base, base + g.k_elems, scratch);
+      }
+    }
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace qkv::internal
+HWY_POP_ATTRIBUTES
+
+#endif  // QKV_HAVE_AMX && HWY_TARGET == HWY_AVX3
+
+#if HWY_ONCE
+namespace qkv::internal {
+
+#if defined(QKV_HAVE_AMX) && (HWY_TARGETS & HWY_AVX3)
+bool amx_flash_available() { return amx_enabled(); }
+void amx_flash_forward(const AttentionProblem& problem) { N_AVX3::AmxFlashForward(problem); }
+#else  // this build has no AMX kernel
+bool amx_flash_available() { return false; }
+void amx_flash_forward(const AttentionProblem&) {}
+#endif
+
+bool amx_flash_supports(const AttentionProblem& problem) {
+  return problem.dtype == DType::kBFloat16 && problem.kv_dtype == DType::kBFloat16 &&
+         amx_flash_available();
+}
+
+}  // namespace qkv::internal
+#endif  // HWY_ONCE

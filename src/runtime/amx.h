@@ -1,0 +1,20 @@
+// Whether this process may run AMX-BF16 tile instructions, and the switch
+// that turns the AMX kernels off (tests and benchmarks time both paths).
+#pragma once
+
+namespace qkv::internal {
+
+// True when the CPU has AMX-TILE and AMX-BF16, the OS saves tile state
+// (XCR0 bits 17 and 18) and Linux granted this process the tile data state
+// (arch_prctl ARCH_REQ_XCOMP_PERM, asked once per process on first call).
+// Thread-safe; false on every other CPU, OS or architecture.
+bool amx_bf16_available();
+
+// amx_bf16_available() and not switched off by set_amx_enabled(false).
+bool amx_enabled();
+
+// On by default. Off: kernels that would use AMX take their portable path.
+// For tests and benchmarks; not meant to change while a call runs.
+void set_amx_enabled(bool enabled);
+
+}  // namespace qkv::internal
