@@ -349,19 +349,11 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
 
   // 1. Rows: position, head, visible interval; raw Q rows; empty state.
   // Padding rows (n_rows .. rows_pad) have zero Q and P and are never stored.
-  int64_t key_begin = p.seq_kv, key_end = 0;
   std::memset(w.q, 0, static_cast<size_t>(rows_pad * g.dim_pad) * 2);
+  const KeyRange keys = SetTileRows(p, b, kvh, q0, n_rows, w.rows);
+  const int64_t key_begin = keys.begin, key_end = keys.end;
   for (int64_t r = 0; r < n_rows; ++r) {
-    TileRow& row = w.rows[r];
-    row.batch = b;
-    row.query = q0 + r / p.group;
-    row.head = kvh * p.group + r % p.group;
-    row.lo = std::max<int64_t>(0, p.key_lo(b, row.query));
-    row.hi = p.key_hi(b, row.query);
-    if (row.lo <= row.hi) {
-      key_begin = std::min(key_begin, row.lo);
-      key_end = std::max(key_end, row.hi + 1);
-    }
+    const TileRow& row = w.rows[r];
     std::memcpy(w.q + r * g.dim_pad,
                 static_cast<const uint16_t*>(p.q) + p.q_stride.offset(b, row.query, row.head),
                 static_cast<size_t>(p.head_dim) * 2);

@@ -282,17 +282,14 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
     float* state = states + kvh * g.state;
     float* m = state + g.rows * g.dv_pad;
     float* l = m + g.rows_pad;
+    const TileRow* rows = w.rows.get() + kvh * g.rows;
+    const KeyRange keys = SetTileRows(p, b, kvh, 0, g.rows, w.rows.get() + kvh * g.rows);
+    if (keys.begin < keys.end) {
+      key_begin = std::min(key_begin, std::max(keys.begin, j0));
+      key_end = std::max(key_end, std::min(keys.end, j1));
+    }
     for (int64_t r = 0; r < g.rows; ++r) {
-      TileRow& row = w.rows[kvh * g.rows + r];
-      row.batch = b;
-      row.query = r / p.group;
-      row.head = kvh * p.group + r % p.group;
-      row.lo = std::max<int64_t>(0, p.key_lo(b, row.query));
-      row.hi = p.key_hi(b, row.query);
-      if (row.lo <= row.hi) {
-        key_begin = std::min(key_begin, std::max(row.lo, j0));
-        key_end = std::max(key_end, std::min(row.hi + 1, j1));
-      }
+      const TileRow& row = rows[r];
       LoadRowScaled(p.dtype,
                     static_cast<const char*>(p.q) + p.q_stride.offset(b, row.query, row.head) * q_elem,
                     p.head_dim, units.q_scale, w.q.get() + (kvh * g.rows + r) * p.head_dim);

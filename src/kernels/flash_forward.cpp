@@ -191,18 +191,10 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
                         p.q_stride.offset(b, q0 + r / p.group, kvh * p.group + r % p.group) * elem;
     for (int64_t at = 0; at < p.head_dim * static_cast<int64_t>(elem); at += 64) hwy::Prefetch(q_row + at);
   }
-  int64_t key_begin = p.seq_kv, key_end = 0;
+  const KeyRange keys = SetTileRows(p, b, kvh, q0, n_rows, w.rows.get());
+  const int64_t key_begin = keys.begin, key_end = keys.end;
   for (int64_t r = 0; r < n_rows; ++r) {
-    TileRow& row = w.rows[r];
-    row.batch = b;
-    row.query = q0 + r / p.group;
-    row.head = kvh * p.group + r % p.group;
-    row.lo = std::max<int64_t>(0, p.key_lo(b, row.query));
-    row.hi = p.key_hi(b, row.query);
-    if (row.lo <= row.hi) {
-      key_begin = std::min(key_begin, row.lo);
-      key_end = std::max(key_end, row.hi + 1);
-    }
+    const TileRow& row = w.rows[r];
     // Q panels of kMaxPanelRows rows, each stored transposed: [head_dim][panel rows].
     const int64_t r0 = r / kMaxPanelRows * kMaxPanelRows;
     const int64_t panel_rows = std::min<int64_t>(kMaxPanelRows, n_rows - r0);

@@ -54,6 +54,33 @@ struct TileRow {
   int64_t hi = -1;
 };
 
+// Keys [begin, end) that some row of a tile may see (none when begin >= end).
+struct KeyRange {
+  int64_t begin = 0;
+  int64_t end = 0;
+};
+
+// The n_rows rows of a tile of (batch b, kv head kvh) from query position q0,
+// the GQA group stacked: row r is position q0 + r / group of query head
+// kvh * group + r % group. Returns the union of their visible intervals.
+HWY_INLINE KeyRange SetTileRows(const AttentionProblem& p, int64_t b, int64_t kvh, int64_t q0,
+                                int64_t n_rows, TileRow* HWY_RESTRICT rows) {
+  KeyRange keys{p.seq_kv, 0};
+  for (int64_t r = 0; r < n_rows; ++r) {
+    TileRow& row = rows[r];
+    row.batch = b;
+    row.query = q0 + r / p.group;
+    row.head = kvh * p.group + r % p.group;
+    row.lo = std::max<int64_t>(0, p.key_lo(b, row.query));
+    row.hi = p.key_hi(b, row.query);
+    if (row.lo <= row.hi) {
+      keys.begin = std::min(keys.begin, row.lo);
+      keys.end = std::max(keys.end, row.hi + 1);
+    }
+  }
+  return keys;
+}
+
 // Applies every option to s[0, n_pad) (products of the packed Q and keys
 // k0 + j, in score units); columns j >= n and invisible keys become -inf.
 // `interval_mask`: some key of [k0, k0 + n) may lie outside [row.lo, row.hi].
