@@ -12,11 +12,15 @@
 #include "api/fail.h"
 #include "qkv/error.h"
 #include "runtime/half.h"
+#include "runtime/threads.h"
 
 namespace qkv {
 namespace {
 
 using internal::fail;
+
+// Rows (tokens x kv heads) from which append uses every thread.
+constexpr int64_t kParallelAppendRows = 256;
 
 // Stores row[0, n) as `dtype` at dst; int8 rows get scale = max|x| / 127.
 void store_row(DType dtype, const float* row, int64_t n, void* dst, float* scale) {
@@ -156,9 +160,16 @@ void KVCache::append(const Tensor& k_new, const Tensor& v_new, const std::option
   const std::optional<internal::RopeTable> table =
       rope ? std::optional<internal::RopeTable>(std::in_place, *rope, c.head_dim) : std::nullopt;
   const size_t elem = dtype_size(c.dtype);
-  std::vector<float> row(static_cast<size_t>(std::max(c.head_dim, c.head_dim_v)));
-  for (int64_t b = 0; b < c.batch; ++b) {
-    for (int64_t t = 0; t < n; ++t) {
+  // Every (sequence, token) writes its own slots: the tokens are shared out
+  // over the threads once there are enough rows to pay for starting them.
+  const int64_t tokens = c.batch * n;
+  const int threads = tokens * c.kv_heads >= kParallelAppendRows ? internal::resolve_threads(0) : 1;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> row(static_cast<size_t>(std::max(c.head_dim, c.head_dim_v)));
+#pragma omp for schedule(static)
+    for (int64_t bt = 0; bt < tokens; ++bt) {
+      const int64_t b = bt / n, t = bt % n;
       const int64_t slot_token = token_index(b, lengths_[b] + t);
       for (int64_t h = 0; h < c.kv_heads; ++h) {
         const int64_t slot = slot_token * c.kv_heads + h;
