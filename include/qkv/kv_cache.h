@@ -33,7 +33,6 @@ struct KVCacheConfig {
   int64_t num_pages = 0;   // paged: pages in the pool; 0 = batch * ceil(capacity / page_size)
 };
 
-
 class KVCache {
  public:
   // Allocates the pool (zeroed). Throws qkv::Error on a bad config.

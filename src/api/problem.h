@@ -102,7 +102,7 @@ struct AttentionProblem {
     Row row(int64_t h) const { return {data + h * head_bytes, scales ? scales[h] : 1.0f}; }
   };
   // The rows of keys j0 .. j0 + n - 1 of batch b (walks the pages: no
-  // division per token).
+  // division per token); values may be null when only the keys are wanted.
   void tokens(int64_t b, int64_t j0, int64_t n, TokenRows* keys, TokenRows* values) const;
   bool has_alibi() const { return alibi != nullptr; }
   bool has_mask() const { return mask != nullptr; }
@@ -143,8 +143,10 @@ inline void AttentionProblem::tokens(int64_t b, int64_t j0, int64_t n, TokenRows
     for (int64_t i = 0; i < n; ++i) {
       keys[i] = {static_cast<const char*>(k) + k_stride.offset(b, j0 + i, 0) * elem, nullptr,
                  k_stride.head * elem};
-      values[i] = {static_cast<const char*>(v) + v_stride.offset(b, j0 + i, 0) * elem, nullptr,
-                   v_stride.head * elem};
+      if (values) {
+        values[i] = {static_cast<const char*>(v) + v_stride.offset(b, j0 + i, 0) * elem, nullptr,
+                     v_stride.head * elem};
+      }
     }
     return;
   }
@@ -158,8 +160,10 @@ inline void AttentionProblem::tokens(int64_t b, int64_t j0, int64_t n, TokenRows
   for (int64_t i = 0; i < n; ++i) {
     const int64_t slot = (static_cast<int64_t>(table[page]) * page_size + at) * kv_heads;
     keys[i] = {k_pool + slot * head_dim * elem, k_scales ? k_scales + slot : nullptr, head_dim * elem};
-    values[i] = {v_pool + slot * head_dim_v * elem, v_scales ? v_scales + slot : nullptr,
-                 head_dim_v * elem};
+    if (values) {
+      values[i] = {v_pool + slot * head_dim_v * elem, v_scales ? v_scales + slot : nullptr,
+                   head_dim_v * elem};
+    }
     if (++at == page_size) {
       at = 0;
       ++page;

@@ -63,7 +63,6 @@ struct HeadRows {
   const char* const* base;
   int64_t offset;
   const void* operator[](int64_t j) const { return base[j] + offset; }
-  HeadRows From(int64_t j) const { return {base + j, offset}; }
 };
 
 enum PrefetchLevel { kToL1, kToL2 };
@@ -214,7 +213,7 @@ struct Layout {
 struct DecodeScratch {
   hwy::AlignedFreeUniquePtr<float[]> q, s, alpha, k_scale, v_scale, v_buf;
   hwy::AlignedFreeUniquePtr<const char*[]> k_tokens, v_tokens, widened;
-  hwy::AlignedFreeUniquePtr<AttentionProblem::TokenRows[]> k_token, v_token, k_next, v_next;
+  hwy::AlignedFreeUniquePtr<AttentionProblem::TokenRows[]> k_token, v_token, k_next;
   hwy::AlignedFreeUniquePtr<TileRow[]> rows;
   DecodeScratch(const AttentionProblem& p, const Layout& g)
       : q(hwy::AllocateAligned<float>(p.kv_heads * g.rows * p.head_dim)),
@@ -229,7 +228,6 @@ struct DecodeScratch {
         k_token(hwy::AllocateAligned<AttentionProblem::TokenRows>(kBlock)),
         v_token(hwy::AllocateAligned<AttentionProblem::TokenRows>(kBlock)),
         k_next(hwy::AllocateAligned<AttentionProblem::TokenRows>(kBlock)),
-        v_next(hwy::AllocateAligned<AttentionProblem::TokenRows>(kBlock)),
         rows(hwy::AllocateAligned<TileRow>(p.kv_heads * g.rows)) {}
 };
 
@@ -282,8 +280,8 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
     float* state = states + kvh * g.state;
     float* m = state + g.rows * g.dv_pad;
     float* l = m + g.rows_pad;
-    const TileRow* rows = w.rows.get() + kvh * g.rows;
-    const KeyRange keys = SetTileRows(p, b, kvh, 0, g.rows, w.rows.get() + kvh * g.rows);
+    TileRow* rows = w.rows.get() + kvh * g.rows;
+    const KeyRange keys = SetTileRows(p, b, kvh, 0, g.rows, rows);
     if (keys.begin < keys.end) {
       key_begin = std::min(key_begin, std::max(keys.begin, j0));
       key_end = std::max(key_end, std::min(keys.end, j1));
@@ -303,16 +301,13 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
   for (int64_t k0 = key_begin; k0 < key_end; k0 += kBlock) {
     const int64_t n = std::min(kBlock, key_end - k0);
     const int64_t n_pad = RoundUp(n, N);
-    // Row pointers and scales of the block; the last key stands in for the
-    // keys that complete the last group of kKeyGroup (their scores become
-    // -inf with the padding).
     // The block's tokens (the last key stands in for the keys that complete
     // the last group of kKeyGroup: their scores become -inf with the padding),
     // and the next block's, whose K is prefetched while this block's scores
     // are computed.
     const int64_t n_next = std::min(kBlock, key_end - (k0 + n));
     p.tokens(b, k0, n, w.k_token.get(), w.v_token.get());
-    if (n_next > 0) p.tokens(b, k0 + n, n_next, w.k_next.get(), w.v_next.get());
+    if (n_next > 0) p.tokens(b, k0 + n, n_next, w.k_next.get(), nullptr);
     const int64_t k_head_bytes = w.k_token[0].head_bytes, v_head_bytes = w.v_token[0].head_bytes;
     for (int64_t j = 0; j < RoundUp(n_pad, kKeyGroup); ++j) {
       const AttentionProblem::TokenRows& kt = w.k_token[std::min(j, n - 1)];

@@ -186,22 +186,22 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
   //    The tile's Q rows are prefetched first: with one head per row group
   //    they lie a whole token apart, and loading them one by one waits on
   //    memory row after row.
-  for (int64_t r = 0; r < n_rows; ++r) {
-    const char* q_row = static_cast<const char*>(p.q) +
-                        p.q_stride.offset(b, q0 + r / p.group, kvh * p.group + r % p.group) * elem;
-    for (int64_t at = 0; at < p.head_dim * static_cast<int64_t>(elem); at += 64) hwy::Prefetch(q_row + at);
-  }
   const KeyRange keys = SetTileRows(p, b, kvh, q0, n_rows, w.rows.get());
   const int64_t key_begin = keys.begin, key_end = keys.end;
+  const auto q_row = [&](const TileRow& row) {
+    return static_cast<const char*>(p.q) + p.q_stride.offset(b, row.query, row.head) * elem;
+  };
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const char* q = q_row(w.rows[r]);
+    for (int64_t at = 0; at < p.head_dim * static_cast<int64_t>(elem); at += 64) hwy::Prefetch(q + at);
+  }
   for (int64_t r = 0; r < n_rows; ++r) {
     const TileRow& row = w.rows[r];
     // Q panels of kMaxPanelRows rows, each stored transposed: [head_dim][panel rows].
     const int64_t r0 = r / kMaxPanelRows * kMaxPanelRows;
     const int64_t panel_rows = std::min<int64_t>(kMaxPanelRows, n_rows - r0);
     float* qrow = w.row.get();
-    LoadRowScaled(p.dtype,
-                  static_cast<const char*>(p.q) + p.q_stride.offset(b, row.query, row.head) * elem,
-                  p.head_dim, units.q_scale, qrow);
+    LoadRowScaled(p.dtype, q_row(row), p.head_dim, units.q_scale, qrow);
     float* panel = w.q.get() + r0 * p.head_dim + (r - r0);
     for (int64_t c = 0; c < p.head_dim; ++c) panel[c * panel_rows] = qrow[c];
     w.m[r] = neg_inf;
