@@ -104,52 +104,67 @@ struct Geometry {
   }
 };
 
-// Packs keys [j0, min(j1, keys(b))) of one (batch, kv head): K^T panels and
-// V column panels. j0 is a multiple of the key panel. Keys of a panel are
-// widened into `rows` [2N][head_dim] first, then written out transposed in
-// order: sequential stores instead of one cache line per scattered element.
-void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kvh, int64_t j0,
-              int64_t j1, float* HWY_RESTRICT kt, float* HWY_RESTRICT vp,
-              float* HWY_RESTRICT rows) {
-  const int64_t keys = p.keys(b);
+// Packs the key panel [jp, jp + 2N) of one (batch, kv head) (keys past
+// keys(b) become zeros): K^T panel and V column panels. The keys are widened
+// into `rows` [2N][head_dim] first, then written out transposed in order:
+// sequential stores instead of one cache line per scattered element.
+void PackPanel(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kvh, int64_t jp,
+               float* HWY_RESTRICT kt, float* HWY_RESTRICT vp, float* HWY_RESTRICT rows) {
   const int64_t kp = g.key_panel;
-  j1 = std::min(j1, keys);
+  const int64_t n = std::min(kp, p.keys(b) - jp);  // < kp only in the last panel
   float* vrow = rows + kp * p.head_dim;
+  for (int64_t l = 0; l < kp; ++l) {
+    float* row = rows + l * p.head_dim;
+    if (l < n) {
+      const AttentionProblem::Row key = p.key_row(b, jp + l, kvh);
+      LoadRowScaled(p.kv_dtype, key.data, p.head_dim, key.scale, row);
+    } else {
+      std::fill(row, row + p.head_dim, 0.0f);
+    }
+  }
+  float* panel = kt + (jp / kp) * p.head_dim * kp;
+  for (int64_t c = 0; c < p.head_dim; ++c) {
+    for (int64_t l = 0; l < kp; ++l) panel[c * kp + l] = rows[l * p.head_dim + c];
+  }
+  // V in column panels: columns [c, c + w) of every key stored together as
+  // [seq_kv][w] at vp + c * seq_kv, so P.V streams one contiguous panel.
+  for (int64_t j = jp; j < jp + n; ++j) {
+    const AttentionProblem::Row value = p.value_row(b, j, kvh);
+    LoadRowScaled(p.kv_dtype, value.data, p.head_dim_v, value.scale, vrow);
+    std::fill(vrow + p.head_dim_v, vrow + g.dv_pad, 0.0f);
+    for (int64_t c = 0; c < g.dv_pad; c += kp) {
+      const int64_t w = std::min(kp, g.dv_pad - c);
+      std::copy(vrow + c, vrow + c + w, vp + c * p.seq_kv + j * w);
+    }
+  }
+}
+
+// Packs keys [j0, min(j1, keys(b))) of kv heads [h0, h1) of batch b, head h
+// at base + (h - h0) * head_floats (K^T, then V). j0 is a multiple of the key
+// panel. Panel by panel, every head in turn: a token's rows of all kv heads
+// lie together, so the pages and lines of a panel's tokens are reused by
+// every head instead of being fetched once per head.
+void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t h0, int64_t h1,
+              int64_t j0, int64_t j1, float* HWY_RESTRICT base, int64_t head_floats,
+              float* HWY_RESTRICT rows) {
+  const int64_t kp = g.key_panel;
+  j1 = std::min(j1, p.keys(b));
   const int64_t k_bytes = p.head_dim * static_cast<int64_t>(dtype_size(p.kv_dtype));
   const int64_t v_bytes = p.head_dim_v * static_cast<int64_t>(dtype_size(p.kv_dtype));
   for (int64_t jp = j0; jp < j1; jp += kp) {
-    const int64_t n = std::min(kp, j1 - jp);  // < kp only in the last panel: padding keys are 0
-    // The next panel's rows, which lie a token apart (a page apart when the
-    // kv heads are many): requested now, they arrive while this one is packed.
+    // The next panel's rows (tokens apart, pages apart when the kv heads are
+    // many): requested now, they arrive while this one is packed.
     for (int64_t j = jp + kp; j < std::min(jp + 2 * kp, j1); ++j) {
-      const char* k = static_cast<const char*>(p.key_row(b, j, kvh).data);
-      const char* v = static_cast<const char*>(p.value_row(b, j, kvh).data);
-      for (int64_t at = 0; at < k_bytes; at += 64) hwy::Prefetch(k + at);
-      for (int64_t at = 0; at < v_bytes; at += 64) hwy::Prefetch(v + at);
-    }
-    for (int64_t l = 0; l < kp; ++l) {
-      float* row = rows + l * p.head_dim;
-      if (l < n) {
-        const AttentionProblem::Row key = p.key_row(b, jp + l, kvh);
-        LoadRowScaled(p.kv_dtype, key.data, p.head_dim, key.scale, row);
-      } else {
-        std::fill(row, row + p.head_dim, 0.0f);
+      for (int64_t h = h0; h < h1; ++h) {
+        const char* k = static_cast<const char*>(p.key_row(b, j, h).data);
+        const char* v = static_cast<const char*>(p.value_row(b, j, h).data);
+        for (int64_t at = 0; at < k_bytes; at += 64) hwy::Prefetch(k + at);
+        for (int64_t at = 0; at < v_bytes; at += 64) hwy::Prefetch(v + at);
       }
     }
-    float* panel = kt + (jp / kp) * p.head_dim * kp;
-    for (int64_t c = 0; c < p.head_dim; ++c) {
-      for (int64_t l = 0; l < kp; ++l) panel[c * kp + l] = rows[l * p.head_dim + c];
-    }
-    // V in column panels: columns [c, c + w) of every key stored together as
-    // [seq_kv][w] at vp + c * seq_kv, so P.V streams one contiguous panel.
-    for (int64_t j = jp; j < jp + n; ++j) {
-      const AttentionProblem::Row value = p.value_row(b, j, kvh);
-      LoadRowScaled(p.kv_dtype, value.data, p.head_dim_v, value.scale, vrow);
-      std::fill(vrow + p.head_dim_v, vrow + g.dv_pad, 0.0f);
-      for (int64_t c = 0; c < g.dv_pad; c += kp) {
-        const int64_t w = std::min(kp, g.dv_pad - c);
-        std::copy(vrow + c, vrow + c + w, vp + c * p.seq_kv + j * w);
-      }
+    for (int64_t h = h0; h < h1; ++h) {
+      float* kt = base + (h - h0) * head_floats;
+      PackPanel(p, g, b, h, jp, kt, kt + g.k_floats, rows);
     }
   }
 }
@@ -271,7 +286,6 @@ void FlashForwardImpl(const AttentionProblem& p) {
   const ScratchLease pack_lease =
       acquire_scratch(static_cast<size_t>(g.heads_per_round * head_floats));
   float* const pack = pack_lease.data;
-  const int64_t chunks = std::max<int64_t>(1, CeilDiv(p.seq_kv, kPackChunkKeys));
   const bool heavy_last = p.causal;  // later query tiles see more keys
 
 #pragma omp parallel num_threads(p.num_threads)
@@ -280,14 +294,20 @@ void FlashForwardImpl(const AttentionProblem& p) {
     Scratch scratch(p, g);
     for (int64_t first = 0; first < pairs; first += g.heads_per_round) {
       const int64_t round = std::min(g.heads_per_round, pairs - first);
+      // Packing tasks: (batch, chunk of keys), each over the round's kv heads
+      // of that batch, about kPackChunkKeys keys x heads of work each.
+      const int64_t b_first = first / p.kv_heads, b_last = (first + round - 1) / p.kv_heads;
+      const int64_t chunk_keys =
+          RoundUp(std::max<int64_t>(64, kPackChunkKeys / std::min(round, p.kv_heads)), g.key_panel);
+      const int64_t chunks = std::max<int64_t>(1, CeilDiv(p.seq_kv, chunk_keys));
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < round * chunks; ++t) {
-        const int64_t pair = first + t / chunks;
-        const int64_t j0 = (t % chunks) * kPackChunkKeys;
-        const int64_t j1 = std::min(j0 + kPackChunkKeys, p.seq_kv);
-        float* base = pack + (pair - first) * head_floats;
-        PackKeys(p, g, pair / p.kv_heads, pair % p.kv_heads, j0, j1, base, base + g.k_floats,
-                 scratch.row.get());
+      for (int64_t t = 0; t < (b_last - b_first + 1) * chunks; ++t) {
+        const int64_t b = b_first + t / chunks;
+        const int64_t j0 = (t % chunks) * chunk_keys;
+        const int64_t pair_lo = std::max(first, b * p.kv_heads);
+        const int64_t pair_hi = std::min(first + round, (b + 1) * p.kv_heads);
+        PackKeys(p, g, b, pair_lo - b * p.kv_heads, pair_hi - b * p.kv_heads, j0, j0 + chunk_keys,
+                 pack + (pair_lo - first) * head_floats, head_floats, scratch.row.get());
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < round * g.q_tiles; ++t) {
