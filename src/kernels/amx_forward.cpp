@@ -63,6 +63,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #endif
 
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "kernels/online_softmax-inl.h"
 
@@ -171,58 +172,120 @@ struct Scratch {
   }
 };
 
-// Packs keys [j0, j1) of one (batch, kv head) into the tile layouts above:
-// real keys below keys(b), zeros up to the next multiple of kKeyStep, nothing
-// beyond (no block reads there). j0 is a multiple of kKeyStep. Per 32 keys,
-// the rows are first copied (zero-padded) into `rows` [32][row_stride] in L1,
-// then the tiles are written out in order: sequential stores, where writing
-// each key's pairs straight to their tiles would touch 64 lines per key.
+// dst[i][n] = src[n][i] for a 16 x 16 block of 32-bit elements:
+//   src: 16 rows of 16 at src_stride elements; dst: [16][16] contiguous.
+// Pairs of rows interleaved (32-bit, then 64-bit), which leaves 4 x 4
+// blocks transposed within each 128-bit lane, then the lanes of every four
+// vectors transposed.
+// (GCC 12 sees the undefined vector its unpack intrinsics start from as a
+// maybe-uninitialized read.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+HWY_INLINE void Transpose16x16(const uint32_t* HWY_RESTRICT src, int64_t src_stride,
+                               uint32_t* HWY_RESTRICT dst) {
+  __m512i r[16], a[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + i * src_stride);
+  for (int k = 0; k < 8; ++k) {
+    a[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+    a[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+  }
+  // r[4m + c], lane L: column 4L + c of rows 4m .. 4m + 3.
+  for (int m = 0; m < 4; ++m) {
+    r[4 * m + 0] = _mm512_unpacklo_epi64(a[4 * m], a[4 * m + 2]);
+    r[4 * m + 1] = _mm512_unpackhi_epi64(a[4 * m], a[4 * m + 2]);
+    r[4 * m + 2] = _mm512_unpacklo_epi64(a[4 * m + 1], a[4 * m + 3]);
+    r[4 * m + 3] = _mm512_unpackhi_epi64(a[4 * m + 1], a[4 * m + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i lo01 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x44);
+    const __m512i hi01 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xEE);
+    const __m512i lo23 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x44);
+    const __m512i hi23 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xEE);
+    _mm512_storeu_si512(dst + 16 * c, _mm512_shuffle_i32x4(lo01, lo23, 0x88));
+    _mm512_storeu_si512(dst + 16 * (4 + c), _mm512_shuffle_i32x4(lo01, lo23, 0xDD));
+    _mm512_storeu_si512(dst + 16 * (8 + c), _mm512_shuffle_i32x4(hi01, hi23, 0x88));
+    _mm512_storeu_si512(dst + 16 * (12 + c), _mm512_shuffle_i32x4(hi01, hi23, 0xDD));
+  }
+}
+#pragma GCC diagnostic pop
+
+// Packs keys [jb, jb + kKeyStep) of one (batch, kv head) into the tile
+// layouts above: real keys below keys(b), zeros after. The rows are first
+// copied (zero-padded) into `rows` [32][row_stride] in L1, then the tiles are
+// written out in order with vector transposes.
 //   kp: [key_pad / 16][dim_pad / 32][16 pair-rows][16 keys] pairs of bf16 (uint32)
 //   vp: [key_pad / 32][dim_v_pad / 16][16 key pairs][16 columns][2] bf16
-void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kvh, int64_t j0,
-              int64_t j1, uint16_t* HWY_RESTRICT kp, uint16_t* HWY_RESTRICT vp,
-              uint16_t* HWY_RESTRICT rows) {
+void PackStep(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kvh, int64_t jb,
+              uint16_t* HWY_RESTRICT kp, uint16_t* HWY_RESTRICT vp, uint16_t* HWY_RESTRICT rows) {
   const int64_t keys = p.keys(b);
-  j1 = std::min(j1, RoundUp(keys, kKeyStep));
   const int64_t dim_steps = g.dim_pad / kDimStep;
   const int64_t col_tiles = g.dim_v_pad / kColTile;
   const int64_t stride = std::max(g.dim_pad, g.dim_v_pad);
-  const auto load_rows = [&](int64_t jb, bool values) {
+  const auto load_rows = [&](bool values) {
     const int64_t dim = values ? p.head_dim_v : p.head_dim;
     for (int64_t l = 0; l < kKeyStep; ++l) {
       uint16_t* row = rows + l * stride;
-      std::memset(row, 0, static_cast<size_t>(stride) * 2);
       if (jb + l < keys) {
         const void* src = values ? p.value_row(b, jb + l, kvh).data : p.key_row(b, jb + l, kvh).data;
         std::memcpy(row, src, static_cast<size_t>(dim) * 2);
+        std::memset(row + dim, 0, static_cast<size_t>(stride - dim) * 2);
+      } else {
+        std::memset(row, 0, static_cast<size_t>(stride) * 2);
       }
     }
   };
+  // K: tile (jb / 16 + t, step st), pair-row i, key n = pair 16 st + i of
+  // key 16 t + n: the transpose of the [16 keys][16 pairs] block.
+  load_rows(false);
+  const uint32_t* pairs = reinterpret_cast<const uint32_t*>(rows);
+  uint32_t* out = reinterpret_cast<uint32_t*>(kp + (jb / kKeyTile) * dim_steps * kTileElems);
+  for (int64_t t = 0; t < 2; ++t) {
+    for (int64_t st = 0; st < dim_steps; ++st) {
+      Transpose16x16(pairs + 16 * t * (stride / 2) + 16 * st, stride / 2, out);
+      out += kTileElems / 2;
+    }
+  }
+  // V: step jb / 32, column tile c, pair-row i, column n, half h = element
+  // 16 c + n of key 2 i + h: rows 2i and 2i + 1 interleaved.
+  load_rows(true);
+  const __m512i interleave = _mm512_set_epi16(
+      47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+      39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  uint16_t* vout = vp + (jb / kKeyStep) * col_tiles * kTileElems;
+  for (int64_t c = 0; c < col_tiles; ++c) {
+    for (int64_t i = 0; i < 16; ++i) {
+      const uint16_t* even = rows + 2 * i * stride + 16 * c;
+      const __m512i e = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(even)));
+      const __m512i o = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(even + stride)));
+      _mm512_storeu_si512(vout, _mm512_permutex2var_epi16(e, interleave, o));
+      vout += 32;
+    }
+  }
+}
+
+// Packs keys [j0, j1) of kv heads [h0, h1) of batch b, head h at base +
+// (h - h0) * head_elems (K, then V): real keys below keys(b), zeros up to the
+// next multiple of kKeyStep, nothing beyond (no block reads there). j0 is a
+// multiple of kKeyStep. Step by step, every head in turn: a token's rows of
+// all kv heads lie together, so a step's pages and lines serve every head;
+// the next step's rows are requested first.
+void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t h0, int64_t h1,
+              int64_t j0, int64_t j1, uint16_t* HWY_RESTRICT base, int64_t head_elems,
+              uint16_t* HWY_RESTRICT rows) {
+  const int64_t keys = p.keys(b);
+  j1 = std::min(j1, RoundUp(keys, kKeyStep));
   for (int64_t jb = j0; jb < j1; jb += kKeyStep) {
-    // K: tile (jb / 16 + t, step st), pair-row i, key n = pair 16 st + i of key 16 t + n.
-    load_rows(jb, false);
-    const uint32_t* pairs = reinterpret_cast<const uint32_t*>(rows);
-    uint32_t* out = reinterpret_cast<uint32_t*>(kp + (jb / kKeyTile) * dim_steps * kTileElems);
-    for (int64_t t = 0; t < 2; ++t) {
-      for (int64_t st = 0; st < dim_steps; ++st) {
-        for (int64_t i = 0; i < 16; ++i) {
-          for (int64_t n = 0; n < 16; ++n) *out++ = pairs[(16 * t + n) * (stride / 2) + 16 * st + i];
-        }
+    for (int64_t j = jb + kKeyStep; j < std::min(jb + 2 * kKeyStep, keys); ++j) {
+      for (int64_t h = h0; h < h1; ++h) {
+        const char* k = static_cast<const char*>(p.key_row(b, j, h).data);
+        const char* v = static_cast<const char*>(p.value_row(b, j, h).data);
+        for (int64_t at = 0; at < p.head_dim * 2; at += 64) hwy::Prefetch(k + at);
+        for (int64_t at = 0; at < p.head_dim_v * 2; at += 64) hwy::Prefetch(v + at);
       }
     }
-    // V: step jb / 32, column tile c, pair-row i, column n, half h = element
-    // 16 c + n of key 2 i + h.
-    load_rows(jb, true);
-    uint16_t* vout = vp + (jb / kKeyStep) * col_tiles * kTileElems;
-    for (int64_t c = 0; c < col_tiles; ++c) {
-      for (int64_t i = 0; i < 16; ++i) {
-        const uint16_t* even = rows + 2 * i * stride + 16 * c;
-        const uint16_t* odd = even + stride;
-        for (int64_t n = 0; n < 16; ++n) {
-          *vout++ = even[n];
-          *vout++ = odd[n];
-        }
-      }
+    for (int64_t h = h0; h < h1; ++h) {
+      uint16_t* kp = base + (h - h0) * head_elems;
+      PackStep(p, g, b, h, jb, kp, kp + g.k_elems, rows);
     }
   }
 }
@@ -438,7 +501,6 @@ void AmxFlashForward(const AttentionProblem& p) {
       acquire_scratch(static_cast<size_t>((pack_bytes + threads * thread_bytes) / 4));
   uint16_t* const pack = reinterpret_cast<uint16_t*>(lease.data);
   char* const scratch_base = reinterpret_cast<char*>(lease.data) + pack_bytes;
-  const int64_t chunks = std::max<int64_t>(1, CeilDiv(p.seq_kv, kPackChunkKeys));
   const bool heavy_last = p.causal;  // later query tiles see more keys
 
 #pragma omp parallel num_threads(threads)
@@ -448,13 +510,20 @@ void AmxFlashForward(const AttentionProblem& p) {
     Scratch scratch(g, scratch_base + omp_get_thread_num() * thread_bytes);
     for (int64_t first = 0; first < pairs; first += g.heads_per_round) {
       const int64_t round = std::min(g.heads_per_round, pairs - first);
+      // Packing tasks: (batch, chunk of keys), each over the round's kv heads
+      // of that batch, about kPackChunkKeys keys x heads of work each.
+      const int64_t b_first = first / p.kv_heads, b_last = (first + round - 1) / p.kv_heads;
+      const int64_t chunk_keys =
+          RoundUp(std::max<int64_t>(64, kPackChunkKeys / std::min(round, p.kv_heads)), kKeyStep);
+      const int64_t chunks = std::max<int64_t>(1, CeilDiv(p.seq_kv, chunk_keys));
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < round * chunks; ++t) {
-        const int64_t pair = first + t / chunks;
-        const int64_t j0 = (t % chunks) * kPackChunkKeys;
-        uint16_t* base = pack + (pair - first) * head_elems;
-        PackKeys(p, g, pair / p.kv_heads, pair % p.kv_heads, j0, j0 + kPackChunkKeys, base,
-                 base + g.k_elems, scratch.pack_rows);
+      for (int64_t t = 0; t < (b_last - b_first + 1) * chunks; ++t) {
+        const int64_t b = b_first + t / chunks;
+        const int64_t j0 = (t % chunks) * chunk_keys;
+        const int64_t pair_lo = std::max(first, b * p.kv_heads);
+        const int64_t pair_hi = std::min(first + round, (b + 1) * p.kv_heads);
+        PackKeys(p, g, b, pair_lo - b * p.kv_heads, pair_hi - b * p.kv_heads, j0, j0 + chunk_keys,
+                 pack + (pair_lo - first) * head_elems, head_elems, scratch.pack_rows);
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < round * g.q_tiles; ++t) {
