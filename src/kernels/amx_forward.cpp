@@ -267,23 +267,28 @@ void PackStep(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t k
 // (h - h0) * head_elems (K, then V): real keys below keys(b), zeros up to the
 // next multiple of kKeyStep, nothing beyond (no block reads there). j0 is a
 // multiple of kKeyStep. Step by step, every head in turn: a token's rows of
-// all kv heads lie together, so a step's pages and lines serve every head;
-// the next step's rows are requested first.
+// all kv heads lie together, so a step's pages serve every head.
 void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t h0, int64_t h1,
               int64_t j0, int64_t j1, uint16_t* HWY_RESTRICT base, int64_t head_elems,
               uint16_t* HWY_RESTRICT rows) {
   const int64_t keys = p.keys(b);
   j1 = std::min(j1, RoundUp(keys, kKeyStep));
-  for (int64_t jb = j0; jb < j1; jb += kKeyStep) {
-    for (int64_t j = jb + kKeyStep; j < std::min(jb + 2 * kKeyStep, keys); ++j) {
-      for (int64_t h = h0; h < h1; ++h) {
-        const char* k = static_cast<const char*>(p.key_row(b, j, h).data);
-        const char* v = static_cast<const char*>(p.value_row(b, j, h).data);
-        for (int64_t at = 0; at < p.head_dim * 2; at += 64) hwy::Prefetch(k + at);
-        for (int64_t at = 0; at < p.head_dim_v * 2; at += 64) hwy::Prefetch(v + at);
-      }
+  // The rows of step jb of head h, requested one (step, head) ahead.
+  const auto prefetch = [&](int64_t jb, int64_t h) {
+    for (int64_t j = jb; j < std::min(jb + kKeyStep, keys); ++j) {
+      const char* k = static_cast<const char*>(p.key_row(b, j, h).data);
+      const char* v = static_cast<const char*>(p.value_row(b, j, h).data);
+      for (int64_t at = 0; at < p.head_dim * 2; at += 64) hwy::Prefetch(k + at);
+      for (int64_t at = 0; at < p.head_dim_v * 2; at += 64) hwy::Prefetch(v + at);
     }
+  };
+  for (int64_t jb = j0; jb < j1; jb += kKeyStep) {
     for (int64_t h = h0; h < h1; ++h) {
+      if (h + 1 < h1) {
+        prefetch(jb, h + 1);
+      } else if (jb + kKeyStep < j1) {
+        prefetch(jb + kKeyStep, h0);
+      }
       uint16_t* kp = base + (h - h0) * head_elems;
       PackStep(p, g, b, h, jb, kp, kp + g.k_elems, rows);
     }

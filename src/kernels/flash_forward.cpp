@@ -142,8 +142,8 @@ void PackPanel(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t 
 // Packs keys [j0, min(j1, keys(b))) of kv heads [h0, h1) of batch b, head h
 // at base + (h - h0) * head_floats (K^T, then V). j0 is a multiple of the key
 // panel. Panel by panel, every head in turn: a token's rows of all kv heads
-// lie together, so the pages and lines of a panel's tokens are reused by
-// every head instead of being fetched once per head.
+// lie together, so the pages of a panel's tokens are reused by every head
+// instead of being mapped once per head.
 void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t h0, int64_t h1,
               int64_t j0, int64_t j1, float* HWY_RESTRICT base, int64_t head_floats,
               float* HWY_RESTRICT rows) {
@@ -151,18 +151,24 @@ void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t h
   j1 = std::min(j1, p.keys(b));
   const int64_t k_bytes = p.head_dim * static_cast<int64_t>(dtype_size(p.kv_dtype));
   const int64_t v_bytes = p.head_dim_v * static_cast<int64_t>(dtype_size(p.kv_dtype));
-  for (int64_t jp = j0; jp < j1; jp += kp) {
-    // The next panel's rows (tokens apart, pages apart when the kv heads are
-    // many): requested now, they arrive while this one is packed.
-    for (int64_t j = jp + kp; j < std::min(jp + 2 * kp, j1); ++j) {
-      for (int64_t h = h0; h < h1; ++h) {
-        const char* k = static_cast<const char*>(p.key_row(b, j, h).data);
-        const char* v = static_cast<const char*>(p.value_row(b, j, h).data);
-        for (int64_t at = 0; at < k_bytes; at += 64) hwy::Prefetch(k + at);
-        for (int64_t at = 0; at < v_bytes; at += 64) hwy::Prefetch(v + at);
-      }
+  // Requests the rows of panel jp of head h (tokens apart, pages apart when
+  // the kv heads are many): issued one (panel, head) ahead, they arrive while
+  // the current one is packed.
+  const auto prefetch = [&](int64_t jp, int64_t h) {
+    for (int64_t j = jp; j < std::min(jp + kp, j1); ++j) {
+      const char* k = static_cast<const char*>(p.key_row(b, j, h).data);
+      const char* v = static_cast<const char*>(p.value_row(b, j, h).data);
+      for (int64_t at = 0; at < k_bytes; at += 64) hwy::Prefetch(k + at);
+      for (int64_t at = 0; at < v_bytes; at += 64) hwy::Prefetch(v + at);
     }
+  };
+  for (int64_t jp = j0; jp < j1; jp += kp) {
     for (int64_t h = h0; h < h1; ++h) {
+      if (h + 1 < h1) {
+        prefetch(jp, h + 1);
+      } else {
+        prefetch(jp + kp, h0);
+      }
       float* kt = base + (h - h0) * head_floats;
       PackPanel(p, g, b, h, jp, kt, kt + g.k_floats, rows);
     }
