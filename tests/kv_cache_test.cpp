@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/decode.h"
 #include "kernels/flash_forward.h"
 #include "qkv/qkv.h"
 #include "runtime/half.h"
@@ -320,6 +321,59 @@ TEST(KVCache, Int8QuantizationErrorIsHalfAStep) {
       EXPECT_LE(std::fabs(kr[d] - k[j * 64 + d]), kmax / 254 * (1 + 1e-5f));
       EXPECT_LE(std::fabs(vr[d] - v[j * 64 + d]), vmax / 254 * (1 + 1e-5f));
     }
+  }
+}
+
+TEST(KVCache, Int8ScoresInFixedPointStayWithinTheirBound) {
+  // On AVX512-VNNI the decode kernel computes an int8 cache's scores with q
+  // as 16-bit fixed point: q_i off by at most max|q| / 65534 (q pre-scaled to
+  // log2 units), so a score s_j by at most e_j = max|q| / 65534 * sum_d |k_jd|
+  // and, to first order, o by ln 2 * max_j e_j * 2 max|v| and lse by
+  // ln 2 * max_j e_j. Checked against the float path on the same cache (the
+  // bound assumes every error points the same way; measured: 1/300 of it).
+  // The reference tests run this path too, within the float32 rule.
+  if (!internal::decode_vnni_available()) GTEST_SKIP() << "no AVX512-VNNI on this CPU";
+  struct Restore {
+    ~Restore() { internal::set_decode_vnni_enabled(true); }
+  } restore;
+  for (const auto& [heads, kv_heads, head_dim, seq_q] :
+       {std::tuple{32, 8, 128, 1}, {8, 2, 64, 2}, {4, 4, 256, 1}, {16, 2, 96, 1}}) {
+    SCOPED_TRACE(testing::Message() << heads << "/" << kv_heads << " d " << head_dim);
+    CacheSpec s;
+    s.heads = heads, s.kv_heads = kv_heads, s.head_dim = s.head_dim_v = head_dim;
+    s.dtype = DType::kInt8;
+    s.batch = 1;
+    KVCache cache = make_cache(s, 61);
+    const auto q = random_floats(seq_q * heads * head_dim, 62, 2.0f);
+    std::vector<float> lse_fixed, lse_float;
+    const auto o_fixed = attend(cache, s, q, seq_q, Backend::kDecode, 0, &lse_fixed);
+    internal::set_decode_vnni_enabled(false);
+    const auto o_float = attend(cache, s, q, seq_q, Backend::kDecode, 0, &lse_float);
+    internal::set_decode_vnni_enabled(true);
+
+    const float log2_scale = 1.0f / std::sqrt(static_cast<float>(head_dim)) * 1.4426950408889634f;
+    float max_q = 0, max_v = 0, max_k_l1 = 0;
+    for (float x : q) max_q = std::max(max_q, std::fabs(x) * log2_scale);
+    std::vector<float> row(static_cast<size_t>(head_dim));
+    for (int64_t j = 0; j < cache.lengths()[0]; ++j) {
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        cache.read_key(0, j, h, row.data());
+        float l1 = 0;
+        for (float x : row) l1 += std::fabs(x);
+        max_k_l1 = std::max(max_k_l1, l1);
+        cache.read_value(0, j, h, row.data());
+        for (float x : row) max_v = std::max(max_v, std::fabs(x));
+      }
+    }
+    const double e = max_q / 65534.0 * max_k_l1;  // log2 units
+    const double o_bound = std::log(2.0) * e * 2 * max_v * 1.5 + 1e-6 * max_v;
+    const double lse_bound = std::log(2.0) * e * 1.5 + 1e-5;
+    double o_diff = 0, lse_diff = 0;
+    for (size_t i = 0; i < o_fixed.size(); ++i) o_diff = std::max(o_diff, double(std::fabs(o_fixed[i] - o_float[i])));
+    for (size_t i = 0; i < lse_fixed.size(); ++i) lse_diff = std::max(lse_diff, double(std::fabs(lse_fixed[i] - lse_float[i])));
+    EXPECT_LE(o_diff, o_bound);
+    EXPECT_LE(lse_diff, lse_bound);
+    EXPECT_GT(o_diff, 0.0) << "the fixed-point path did not run";
   }
 }
 

@@ -22,6 +22,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -31,6 +33,11 @@
 #endif
 
 #include "runtime/threads.h"
+
+#if HWY_ARCH_X86 && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define QKV_DECODE_VNNI 1  // the compiler can target AVX512-VNNI for one function
+#endif
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/decode.cpp"
@@ -120,7 +127,7 @@ class NextBlockPrefetch {
 // One lane per vector: the sums are the lanes.
 template <class D>
 HWY_INLINE void StoreSumsOf4(D, hn::Vec<D> a, hn::Vec<D> b, hn::Vec<D> c, hn::Vec<D> e,
-                             float* HWY_RESTRICT out) {
+                             hn::TFromD<D>* HWY_RESTRICT out) {
   out[0] = hn::GetLane(a);
   out[1] = hn::GetLane(b);
   out[2] = hn::GetLane(c);
@@ -129,7 +136,7 @@ HWY_INLINE void StoreSumsOf4(D, hn::Vec<D> a, hn::Vec<D> b, hn::Vec<D> c, hn::Ve
 #else
 // out[0..4) = the sum of the 128-bit blocks of v.
 template <class D>
-HWY_INLINE void StoreFoldedBlocks(D d, hn::Vec<D> v, float* HWY_RESTRICT out) {
+HWY_INLINE void StoreFoldedBlocks(D d, hn::Vec<D> v, hn::TFromD<D>* HWY_RESTRICT out) {
   if constexpr (hn::MaxLanes(d) > 4) {
     const hn::Half<D> dh;
     StoreFoldedBlocks(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)), out);
@@ -144,7 +151,7 @@ HWY_INLINE void StoreFoldedBlocks(D d, hn::Vec<D> v, float* HWY_RESTRICT out) {
 // then the blocks folded by halves.
 template <class D>
 HWY_INLINE void StoreSumsOf4(D d, hn::Vec<D> a, hn::Vec<D> b, hn::Vec<D> c, hn::Vec<D> e,
-                             float* HWY_RESTRICT out) {
+                             hn::TFromD<D>* HWY_RESTRICT out) {
   // Per block: ab = [a0+a2, b0+b2, a1+a3, b1+b3], ce likewise; then the
   // 64-bit halves: [a, b, c, e] per block.
   const hn::Vec<D> ab = hn::Add(hn::InterleaveLower(d, a, b), hn::InterleaveUpper(d, a, b));
@@ -190,6 +197,51 @@ HWY_NOINLINE void ScoreKeys(D d, const float* HWY_RESTRICT q, int64_t head_dim,
     }
   }
 }
+
+#if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
+// ScoreKeys for an int8 cache on AVX512-VNNI, in exact integer arithmetic:
+// q as 16-bit fixed point, q16 = round(q / q_scale), |q16| <= 32767, the
+// keys widened to int16, pairs of products summed into int32 by vpdpwssd
+// (one instruction per 32 multiply-adds, no conversion to float).
+//   s[r * s_stride + t] = q_scale[r] * (q16[r] . k_t)   (times the key's own
+//   scale later, with the other int8 scales)
+//   q16: [kRows][q_stride]; head_dim % 32 == 0 and <= 256 (the sums stay
+//   below 2^31: 256 * 32767 * 128 < 2^31)
+// (GCC 12 sees the undefined vector some intrinsics start from as an
+// uninitialized read.)
+HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",avx512vnni")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <int kRows>
+HWY_NOINLINE void ScoreKeysVnni(const int16_t* HWY_RESTRICT q16, int64_t q_stride,
+                                const float* HWY_RESTRICT q_scale, int64_t head_dim,
+                                HeadRows k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
+  hn::Vec512<int32_t> acc[kRows][kKeyGroup];
+  for (int r = 0; r < kRows; ++r) {
+    for (int t = 0; t < kKeyGroup; ++t) acc[r][t].raw = _mm512_setzero_si512();
+  }
+  for (int64_t c = 0; c < head_dim; c += 32) {
+    __m512i k[kKeyGroup];
+    for (int t = 0; t < kKeyGroup; ++t) {
+      k[t] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(static_cast<const int8_t*>(k_rows[t]) + c)));
+    }
+    for (int r = 0; r < kRows; ++r) {
+      const __m512i q = _mm512_loadu_si512(q16 + r * q_stride + c);
+      for (int t = 0; t < kKeyGroup; ++t) acc[r][t].raw = _mm512_dpwssd_epi32(acc[r][t].raw, q, k[t]);
+    }
+  }
+  const hn::Full512<int32_t> d32;
+  for (int r = 0; r < kRows; ++r) {
+    HWY_ALIGN int32_t sums[4];
+    StoreSumsOf4(d32, acc[r][0], acc[r][1], acc[r][2], acc[r][3], sums);
+    for (int t = 0; t < kKeyGroup; ++t) s[r * s_stride + t] = static_cast<float>(sums[t]) * q_scale[r];
+  }
+}
+#pragma GCC diagnostic pop
+HWY_POP_ATTRIBUTES
+#endif  // QKV_DECODE_VNNI && HWY_TARGET == HWY_AVX3
 
 // acc[r][c, c + kVecs*N) = alpha_r * acc + sum_j p[r][j] * v_j[c, ...)
 // (int8: p already carries the value rows' scales).
@@ -253,8 +305,22 @@ struct Layout {
 // Per-thread scratch. Per kv head h: score rows s[h * rows + r][kBlock] and
 // the block's int8 scales at [h * kBlock + j]; per key j of the block, where
 // its token's K and V rows start.
+// q16 = round(q / scale) with scale = max|q| / 32767 (0 for a zero row): q
+// within scale / 2, the 16-bit fixed point of ScoreKeysVnni.
+void QuantizeRow16(const float* HWY_RESTRICT q, int64_t n, int16_t* HWY_RESTRICT q16,
+                   float& scale) {
+  float max_abs = 0.0f;
+  for (int64_t i = 0; i < n; ++i) max_abs = std::max(max_abs, std::abs(q[i]));
+  scale = max_abs / 32767.0f;
+  const float inv = max_abs > 0 ? 32767.0f / max_abs : 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    q16[i] = static_cast<int16_t>(std::clamp(std::lrint(q[i] * inv), -32767L, 32767L));
+  }
+}
+
 struct DecodeScratch {
-  hwy::AlignedFreeUniquePtr<float[]> q, s, alpha, k_scale, v_scale, v_buf;
+  hwy::AlignedFreeUniquePtr<float[]> q, s, alpha, k_scale, v_scale, v_buf, q16_scale;
+  hwy::AlignedFreeUniquePtr<int16_t[]> q16;  // ScoreKeysVnni's q rows
   hwy::AlignedFreeUniquePtr<const char*[]> k_tokens, v_tokens, widened;
   hwy::AlignedFreeUniquePtr<AttentionProblem::TokenRows[]> k_token, v_token, k_next, v_next;
   hwy::AlignedFreeUniquePtr<TileRow[]> rows;
@@ -265,6 +331,8 @@ struct DecodeScratch {
         k_scale(hwy::AllocateAligned<float>(p.kv_heads * kBlock)),
         v_scale(hwy::AllocateAligned<float>(p.kv_heads * kBlock)),
         v_buf(hwy::AllocateAligned<float>(kBlock * g.dv_pad)),
+        q16_scale(hwy::AllocateAligned<float>(p.kv_heads * g.rows)),
+        q16(hwy::AllocateAligned<int16_t>(p.kv_heads * g.rows * p.head_dim)),
         k_tokens(hwy::AllocateAligned<const char*>(kBlock)),
         v_tokens(hwy::AllocateAligned<const char*>(kBlock)),
         widened(hwy::AllocateAligned<const char*>(kBlock)),
@@ -334,6 +402,12 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
   const ScoreUnits units(p);
   const size_t q_elem = dtype_size(p.dtype);
   const int64_t elem_kv = static_cast<int64_t>(dtype_size(p.kv_dtype));
+#if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
+  const bool vnni = kDtype == DType::kInt8 && p.head_dim % 32 == 0 && p.head_dim <= 256 &&
+                    decode_vnni_available();
+#else
+  constexpr bool vnni = false;
+#endif
 
   // Rows of every kv head; the visible interval depends on the query only.
   int64_t key_begin = j1, key_end = j0;
@@ -349,9 +423,14 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
     }
     for (int64_t r = 0; r < g.rows; ++r) {
       const TileRow& row = rows[r];
+      const int64_t at = kvh * g.rows + r;
       LoadRowScaled(p.dtype,
                     static_cast<const char*>(p.q) + p.q_stride.offset(b, row.query, row.head) * q_elem,
-                    p.head_dim, units.q_scale, w.q.get() + (kvh * g.rows + r) * p.head_dim);
+                    p.head_dim, units.q_scale, w.q.get() + at * p.head_dim);
+      if (vnni) {
+        QuantizeRow16(w.q.get() + at * p.head_dim, p.head_dim, w.q16.get() + at * p.head_dim,
+                      w.q16_scale[at]);
+      }
       m[r] = -std::numeric_limits<float>::infinity();
       l[r] = 0.0f;
     }
@@ -402,9 +481,17 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
         for (int64_t r0 = 0; r0 < g.rows; r0 += kScoreRows) {
           const int nr = static_cast<int>(std::min<int64_t>(kScoreRows, g.rows - r0));
           const int64_t row = kvh * g.rows + r0;
+          const HeadRows k_rows{w.k_tokens.get() + j, kvh * k_head_bytes};
           WithRows<kScoreRows>(nr, [&](auto kRows) {
-            ScoreKeys<kDtype, kRows()>(d, w.q.get() + row * p.head_dim, p.head_dim,
-                                       HeadRows{w.k_tokens.get() + j, kvh * k_head_bytes},
+#if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
+            if (vnni) {
+              ScoreKeysVnni<kRows()>(w.q16.get() + row * p.head_dim, p.head_dim,
+                                     w.q16_scale.get() + row, p.head_dim, k_rows,
+                                     w.s.get() + row * kBlock + j, kBlock);
+              return;
+            }
+#endif
+            ScoreKeys<kDtype, kRows()>(d, w.q.get() + row * p.head_dim, p.head_dim, k_rows,
                                        w.s.get() + row * kBlock + j, kBlock);
           });
         }
@@ -549,6 +636,21 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace qkv::internal {
 HWY_EXPORT(DecodeForwardImpl);
+
+namespace {
+std::atomic<bool> vnni_enabled{true};
+}  // namespace
+
+bool decode_vnni_available() {
+#if defined(QKV_DECODE_VNNI)
+  static const bool cpu = __builtin_cpu_supports("avx512vnni");
+  return cpu && vnni_enabled.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
+void set_decode_vnni_enabled(bool enabled) { vnni_enabled.store(enabled, std::memory_order_relaxed); }
 void decode_forward(const AttentionProblem& problem, int num_splits) noexcept {
   HWY_DYNAMIC_DISPATCH(DecodeForwardImpl)(problem, num_splits);
 }

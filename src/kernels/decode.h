@@ -18,4 +18,12 @@ inline constexpr int64_t kDecodeMaxRows = 16;
 // batch * kv_heads * splits * rows * (head_dim_v + 2) floats.
 void decode_forward(const AttentionProblem& problem, int num_splits) noexcept;
 
+// int8 caches on CPUs with AVX512-VNNI: the scores in integer arithmetic,
+// q as 16-bit fixed point per row (its error at most 2^-16 of the row's
+// largest element, ~250x below the int8 rounding of the keys; docs/design.md).
+// Used where the CPU has it, head_dim is a multiple of 32 and at most 256,
+// unless switched off (tests compare both paths).
+bool decode_vnni_available();
+void set_decode_vnni_enabled(bool enabled);
+
 }  // namespace qkv::internal
