@@ -52,6 +52,7 @@
 #include <type_traits>
 
 #include "runtime/amx.h"
+#include "kernels/pack_tasks.h"
 #include "runtime/scratch.h"
 #include "runtime/threads.h"
 
@@ -86,7 +87,7 @@ using amx::kKeyTile;
 using amx::kTileElems;
 
 constexpr int64_t kPackBudgetBytes = int64_t{8} << 20;
-constexpr int64_t kPackChunkKeys = 512;  // keys per packing task (a multiple of kKeyStep)
+constexpr int64_t kPackChunkKeys = 512;  // keys x kv heads per packing task (PackTasks)
 constexpr int64_t kMaxBlockKv = 512;
 // Rows (positions x group) per task, and keys per block: at head_dim 128 the
 // task's Q (bf16) and O (fp32) take 96 KiB for 128 rows, a K/V block of 256
@@ -515,20 +516,12 @@ void AmxFlashForward(const AttentionProblem& p) {
     Scratch scratch(g, scratch_base + omp_get_thread_num() * thread_bytes);
     for (int64_t first = 0; first < pairs; first += g.heads_per_round) {
       const int64_t round = std::min(g.heads_per_round, pairs - first);
-      // Packing tasks: (batch, chunk of keys), each over the round's kv heads
-      // of that batch, about kPackChunkKeys keys x heads of work each.
-      const int64_t b_first = first / p.kv_heads, b_last = (first + round - 1) / p.kv_heads;
-      const int64_t chunk_keys =
-          RoundUp(std::max<int64_t>(64, kPackChunkKeys / std::min(round, p.kv_heads)), kKeyStep);
-      const int64_t chunks = std::max<int64_t>(1, CeilDiv(p.seq_kv, chunk_keys));
+      const PackTasks pack_tasks(p, first, round, kPackChunkKeys, kKeyStep);
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < (b_last - b_first + 1) * chunks; ++t) {
-        const int64_t b = b_first + t / chunks;
-        const int64_t j0 = (t % chunks) * chunk_keys;
-        const int64_t pair_lo = std::max(first, b * p.kv_heads);
-        const int64_t pair_hi = std::min(first + round, (b + 1) * p.kv_heads);
-        PackKeys(p, g, b, pair_lo - b * p.kv_heads, pair_hi - b * p.kv_heads, j0, j0 + chunk_keys,
-                 pack + (pair_lo - first) * head_elems, head_elems, scratch.pack_rows);
+      for (int64_t t = 0; t < pack_tasks.size(); ++t) {
+        const PackTasks::Task task = pack_tasks[t];
+        PackKeys(p, g, task.batch, task.head_begin, task.head_end, task.key_begin, task.key_end,
+                 pack + task.slot * head_elems, head_elems, scratch.pack_rows);
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < round * g.q_tiles; ++t) {

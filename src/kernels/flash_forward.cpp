@@ -30,6 +30,7 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/pack_tasks.h"
 #include "runtime/scratch.h"
 #include "runtime/threads.h"
 
@@ -52,7 +53,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 namespace {
 
 constexpr int64_t kPackBudgetBytes = int64_t{8} << 20;
-constexpr int64_t kPackChunkKeys = 512;  // keys per packing task
+constexpr int64_t kPackChunkKeys = 512;  // keys x kv heads per packing task (PackTasks)
 // Rows (positions x group) per task: 96 keeps a tile's Q and O next to a K/V
 // block in a 512 KiB L2. When one head's packed K/V no longer fits the caches
 // (> 8 MiB), every tile streams it from memory, and 4x the rows per tile cut
@@ -300,20 +301,12 @@ void FlashForwardImpl(const AttentionProblem& p) {
     Scratch scratch(p, g);
     for (int64_t first = 0; first < pairs; first += g.heads_per_round) {
       const int64_t round = std::min(g.heads_per_round, pairs - first);
-      // Packing tasks: (batch, chunk of keys), each over the round's kv heads
-      // of that batch, about kPackChunkKeys keys x heads of work each.
-      const int64_t b_first = first / p.kv_heads, b_last = (first + round - 1) / p.kv_heads;
-      const int64_t chunk_keys =
-          RoundUp(std::max<int64_t>(64, kPackChunkKeys / std::min(round, p.kv_heads)), g.key_panel);
-      const int64_t chunks = std::max<int64_t>(1, CeilDiv(p.seq_kv, chunk_keys));
+      const PackTasks pack_tasks(p, first, round, kPackChunkKeys, g.key_panel);
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < (b_last - b_first + 1) * chunks; ++t) {
-        const int64_t b = b_first + t / chunks;
-        const int64_t j0 = (t % chunks) * chunk_keys;
-        const int64_t pair_lo = std::max(first, b * p.kv_heads);
-        const int64_t pair_hi = std::min(first + round, (b + 1) * p.kv_heads);
-        PackKeys(p, g, b, pair_lo - b * p.kv_heads, pair_hi - b * p.kv_heads, j0, j0 + chunk_keys,
-                 pack + (pair_lo - first) * head_floats, head_floats, scratch.row.get());
+      for (int64_t t = 0; t < pack_tasks.size(); ++t) {
+        const PackTasks::Task task = pack_tasks[t];
+        PackKeys(p, g, task.batch, task.head_begin, task.head_end, task.key_begin, task.key_end,
+                 pack + task.slot * head_floats, head_floats, scratch.row.get());
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < round * g.q_tiles; ++t) {
