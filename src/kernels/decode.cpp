@@ -305,22 +305,11 @@ struct Layout {
 // Per-thread scratch. Per kv head h: score rows s[h * rows + r][kBlock] and
 // the block's int8 scales at [h * kBlock + j]; per key j of the block, where
 // its token's K and V rows start.
-// q16 = round(q / scale) with scale = max|q| / 32767 (0 for a zero row): q
-// within scale / 2, the 16-bit fixed point of ScoreKeysVnni.
-void QuantizeRow16(const float* HWY_RESTRICT q, int64_t n, int16_t* HWY_RESTRICT q16,
-                   float& scale) {
-  float max_abs = 0.0f;
-  for (int64_t i = 0; i < n; ++i) max_abs = std::max(max_abs, std::abs(q[i]));
-  scale = max_abs / 32767.0f;
-  const float inv = max_abs > 0 ? 32767.0f / max_abs : 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    q16[i] = static_cast<int16_t>(std::clamp(std::lrint(q[i] * inv), -32767L, 32767L));
-  }
-}
-
 struct DecodeScratch {
   hwy::AlignedFreeUniquePtr<float[]> q, s, alpha, k_scale, v_scale, v_buf, q16_scale;
   hwy::AlignedFreeUniquePtr<int16_t[]> q16;  // ScoreKeysVnni's q rows
+  hwy::AlignedFreeUniquePtr<int16_t[]> p16;  // ValueBlockVnni's weights, [rows][kBlock]
+  hwy::AlignedFreeUniquePtr<float[]> p16_scale;
   hwy::AlignedFreeUniquePtr<const char*[]> k_tokens, v_tokens, widened;
   hwy::AlignedFreeUniquePtr<AttentionProblem::TokenRows[]> k_token, v_token, k_next, v_next;
   hwy::AlignedFreeUniquePtr<TileRow[]> rows;
@@ -333,6 +322,8 @@ struct DecodeScratch {
         v_buf(hwy::AllocateAligned<float>(kBlock * g.dv_pad)),
         q16_scale(hwy::AllocateAligned<float>(p.kv_heads * g.rows)),
         q16(hwy::AllocateAligned<int16_t>(p.kv_heads * g.rows * p.head_dim)),
+        p16(hwy::AllocateAligned<int16_t>(g.rows * kBlock)),
+        p16_scale(hwy::AllocateAligned<float>(g.rows)),
         k_tokens(hwy::AllocateAligned<const char*>(kBlock)),
         v_tokens(hwy::AllocateAligned<const char*>(kBlock)),
         widened(hwy::AllocateAligned<const char*>(kBlock)),
@@ -390,6 +381,101 @@ HWY_NOINLINE void AccumulateValues(const Layout& g, int64_t n, const float* HWY_
   }
 }
 
+#if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
+// out = round(x / scale) as int16 with scale = max|x| / 32767 over x[0, n)
+// (0 for a zero row; the largest becomes +-32767), n % 16 == 0: the 16-bit
+// fixed point of the VNNI paths (q rows; a block's weights, x >= 0).
+void QuantizeRow16(const float* HWY_RESTRICT x, int64_t n, int16_t* HWY_RESTRICT out,
+                   float& scale) {
+  const hn::Full512<float> d;
+  const hn::Rebind<int16_t, decltype(d)> d16;
+  auto max_v = hn::Zero(d);
+  for (int64_t i = 0; i < n; i += 16) max_v = hn::Max(max_v, hn::Abs(hn::LoadU(d, x + i)));
+  const float max_abs = hn::GetLane(hn::MaxOfLanes(d, max_v));
+  scale = max_abs / 32767.0f;
+  const auto inv = hn::Set(d, max_abs > 0 ? 32767.0f / max_abs : 0.0f);
+  for (int64_t i = 0; i < n; i += 16) {  // round to nearest even; |.| <= 32767
+    hn::StoreU(hn::DemoteTo(d16, hn::NearestInt(hn::Mul(hn::LoadU(d, x + i), inv))), d16, out + i);
+  }
+}
+
+// AccumulateValues for an int8 cache on AVX512-VNNI, in integer arithmetic
+// per block: each row's weights (the value scales folded in) as 16-bit fixed
+// point p16 = round(p / p_scale), p_scale = max p / 32767 (one per row and
+// block), V rows of a key pair interleaved as int16 pairs, vpdpwssd summing
+// p16_j v_j + p16_j+1 v_j+1 into int32 per column (exact: at most 64 * 32767
+// * 128 per block); then acc = alpha * acc + p_scale * sum, in float.
+//   p16: [rows][kBlock], zero past n (QuantizeRow16 of the weights, which
+//   are 0 past the block's keys; for an odd n the key after the last is the
+//   last's row again, v_rows has it); head_dim_v % 64 == 0
+HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",avx512vnni")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <int kRows>
+HWY_INLINE void ValueBlockVnni(const int16_t* HWY_RESTRICT p16, const float* HWY_RESTRICT p_scale,
+                               HeadRows v_rows, int64_t n, int64_t c,
+                               const float* HWY_RESTRICT alpha, float* HWY_RESTRICT acc,
+                               int64_t acc_stride, NextBlockPrefetch& prefetch,
+                               int64_t prefetch_per_key) {
+  // acc_int[r][i], i = 0..3: columns c + {0-7, 16-23}, {32-39, 48-55},
+  // {8-15, 24-31}, {40-47, 56-63} (the unpack order), int32.
+  __m512i sum[kRows][4];
+  for (int r = 0; r < kRows; ++r) {
+    for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_setzero_si512();
+  }
+  for (int64_t j = 0; j < n; j += 2) {
+    prefetch.Issue(2 * prefetch_per_key);
+    const __m512i a = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j]) + c);
+    const __m512i b = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j + 1]) + c);
+    const __m512i lo = _mm512_unpacklo_epi8(a, b), hi = _mm512_unpackhi_epi8(a, b);
+    const __m512i v[4] = {_mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo)),
+                          _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(lo, 1)),
+                          _mm512_cvtepi8_epi16(_mm512_castsi512_si256(hi)),
+                          _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(hi, 1))};
+    for (int r = 0; r < kRows; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, p16 + r * kBlock + j, sizeof(pair));
+      const __m512i pr = _mm512_set1_epi32(pair);
+      for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_dpwssd_epi32(sum[r][i], pr, v[i]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    const __m512 a = _mm512_set1_ps(alpha[r]), ps = _mm512_set1_ps(p_scale[r]);
+    float* o = acc + r * acc_stride + c;
+    // Natural column order: 16 columns from the 128-bit lanes of two sums.
+    const __m512i natural[4] = {_mm512_shuffle_i32x4(sum[r][0], sum[r][2], 0x44),
+                                _mm512_shuffle_i32x4(sum[r][0], sum[r][2], 0xEE),
+                                _mm512_shuffle_i32x4(sum[r][1], sum[r][3], 0x44),
+                                _mm512_shuffle_i32x4(sum[r][1], sum[r][3], 0xEE)};
+    for (int i = 0; i < 4; ++i) {
+      const __m512 old = _mm512_mul_ps(a, _mm512_loadu_ps(o + 16 * i));
+      _mm512_storeu_ps(o + 16 * i, _mm512_fmadd_ps(ps, _mm512_cvtepi32_ps(natural[i]), old));
+    }
+  }
+}
+
+// acc = alpha * acc + P.V over the block's n keys for every row, rows in
+// groups of kValueRows, columns in passes of 64.
+HWY_NOINLINE void AccumulateValuesVnni(const Layout& g, int64_t n, const int16_t* HWY_RESTRICT p16,
+                                       const float* HWY_RESTRICT p_scale, HeadRows v_rows,
+                                       const float* HWY_RESTRICT alpha_rows,
+                                       float* HWY_RESTRICT acc, NextBlockPrefetch& prefetch,
+                                       int64_t prefetch_per_key) {
+  for (int64_t r0 = 0; r0 < g.rows; r0 += kValueRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kValueRows, g.rows - r0));
+    WithRows<kValueRows>(rows, [&](auto kRows) {
+      for (int64_t c = 0; c < g.dv_pad; c += 64) {
+        ValueBlockVnni<kRows()>(p16 + r0 * kBlock, p_scale + r0, v_rows, n, c, alpha_rows + r0,
+                                acc + r0 * g.dv_pad, g.dv_pad, prefetch, prefetch_per_key);
+      }
+    });
+  }
+}
+#pragma GCC diagnostic pop
+HWY_POP_ATTRIBUTES
+#endif  // QKV_DECODE_VNNI && HWY_TARGET == HWY_AVX3
+
 // One task: keys [j0, j1) of batch b for every kv head, into the partial
 // states of its kv heads (state + kvh * g.state, see Layout). All heads per
 // task because a token's K (and V) rows of all kv heads are contiguous: the
@@ -405,8 +491,9 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
 #if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
   const bool vnni = kDtype == DType::kInt8 && p.head_dim % 32 == 0 && p.head_dim <= 256 &&
                     decode_vnni_available();
+  const bool vnni_values = vnni && p.head_dim_v % 64 == 0;
 #else
-  constexpr bool vnni = false;
+  [[maybe_unused]] constexpr bool vnni = false;
 #endif
 
   // Rows of every kv head; the visible interval depends on the query only.
@@ -427,10 +514,12 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
       LoadRowScaled(p.dtype,
                     static_cast<const char*>(p.q) + p.q_stride.offset(b, row.query, row.head) * q_elem,
                     p.head_dim, units.q_scale, w.q.get() + at * p.head_dim);
+#if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
       if (vnni) {
         QuantizeRow16(w.q.get() + at * p.head_dim, p.head_dim, w.q16.get() + at * p.head_dim,
                       w.q16_scale[at]);
       }
+#endif
       m[r] = -std::numeric_limits<float>::infinity();
       l[r] = 0.0f;
     }
@@ -524,6 +613,16 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
         }
       }
       const HeadRows v_rows{w.v_tokens.get(), kvh * v_head_bytes};
+#if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
+      if (vnni_values) {
+        for (int64_t r = 0; r < g.rows; ++r) {
+          QuantizeRow16(s + r * kBlock, n_pad, w.p16.get() + r * kBlock, w.p16_scale[r]);
+        }
+        AccumulateValuesVnni(g, n, w.p16.get(), w.p16_scale.get(), v_rows, w.alpha.get(), acc, next,
+                             per_value_key);
+        continue;
+      }
+#endif
       if (p.head_dim_v % N == 0) {
         AccumulateValues<kDtype>(g, n, s, v_rows, w.alpha.get(), acc, next, per_value_key);
       } else {
