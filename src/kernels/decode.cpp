@@ -217,9 +217,9 @@ template <int kRows>
 HWY_NOINLINE void ScoreKeysVnni(const int16_t* HWY_RESTRICT q16, int64_t q_stride,
                                 const float* HWY_RESTRICT q_scale, int64_t head_dim,
                                 HeadRows k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
-  hn::Vec512<int32_t> acc[kRows][kKeyGroup];
+  __m512i acc[kRows][kKeyGroup];
   for (int r = 0; r < kRows; ++r) {
-    for (int t = 0; t < kKeyGroup; ++t) acc[r][t].raw = _mm512_setzero_si512();
+    for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = _mm512_setzero_si512();
   }
   for (int64_t c = 0; c < head_dim; c += 32) {
     __m512i k[kKeyGroup];
@@ -229,13 +229,14 @@ HWY_NOINLINE void ScoreKeysVnni(const int16_t* HWY_RESTRICT q16, int64_t q_strid
     }
     for (int r = 0; r < kRows; ++r) {
       const __m512i q = _mm512_loadu_si512(q16 + r * q_stride + c);
-      for (int t = 0; t < kKeyGroup; ++t) acc[r][t].raw = _mm512_dpwssd_epi32(acc[r][t].raw, q, k[t]);
+      for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], q, k[t]);
     }
   }
   const hn::Full512<int32_t> d32;
   for (int r = 0; r < kRows; ++r) {
     HWY_ALIGN int32_t sums[4];
-    StoreSumsOf4(d32, acc[r][0], acc[r][1], acc[r][2], acc[r][3], sums);
+    StoreSumsOf4(d32, hn::Vec512<int32_t>{acc[r][0]}, hn::Vec512<int32_t>{acc[r][1]},
+                 hn::Vec512<int32_t>{acc[r][2]}, hn::Vec512<int32_t>{acc[r][3]}, sums);
     for (int t = 0; t < kKeyGroup; ++t) s[r * s_stride + t] = static_cast<float>(sums[t]) * q_scale[r];
   }
 }
