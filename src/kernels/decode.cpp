@@ -34,11 +34,6 @@
 
 #include "runtime/threads.h"
 
-#if HWY_ARCH_X86 && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define QKV_DECODE_VNNI 1  // the compiler can target AVX512-VNNI for one function
-#endif
-
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/decode.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -47,6 +42,8 @@
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "kernels/convert-inl.h"
+#include "kernels/decode_parts-inl.h"
+#include "kernels/decode_vnni-inl.h"
 #include "kernels/microkernel-inl.h"
 #include "kernels/online_softmax-inl.h"
 
@@ -54,115 +51,13 @@ HWY_BEFORE_NAMESPACE();
 namespace qkv::internal {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
+using namespace decode_parts;  // NOLINT: the kernel's own building blocks
 
 namespace {
 
-constexpr int64_t kBlock = 64;           // keys per block
-constexpr int64_t kMinChunk = 256;       // keys per task at least
-constexpr int kKeyGroup = 4;             // keys per pass over the q rows
-constexpr int kValueRows = 4;            // rows per pass over a V block
-// Rows per pass over a group of K rows: kScoreRows x kKeyGroup accumulators
-// plus kKeyGroup key vectors must fit the register file.
-constexpr int kScoreRows = kMaxPanelRows == 12 ? 4 : 2;
+constexpr int64_t kMinChunk = 256;  // keys per task at least
 
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// Rows of one kv head for keys j of a block: row j starts at base[j] + offset
-// (base[j]: token j's rows of all kv heads, offset: this head's).
-struct HeadRows {
-  const char* const* base;
-  int64_t offset;
-  const void* operator[](int64_t j) const { return base[j] + offset; }
-};
-
-enum PrefetchLevel { kToL1, kToL2 };
-// Software prefetch of one cache line (a no-op where the target has none).
-template <PrefetchLevel kLevel>
-HWY_INLINE void Prefetch(const char* p) {
-#if HWY_ARCH_X86
-  _mm_prefetch(p, kLevel == kToL1 ? _MM_HINT_T0 : _MM_HINT_T1);
-#else
-  hwy::Prefetch(p);
-#endif
-}
-
-// Requests the next block's K and V rows into L2 a few lines at a time,
-// spread over the current block's arithmetic: memory keeps streaming while
-// the block computes, where a burst would stall on the miss queue and then
-// leave memory idle. Lines in order token, kv head, K row then V row.
-class NextBlockPrefetch {
- public:
-  NextBlockPrefetch(const AttentionProblem::TokenRows* k, const AttentionProblem::TokenRows* v,
-                    int64_t tokens, int64_t kv_heads, int64_t k_lines, int64_t v_lines)
-      : k_(k), v_(v), tokens_(tokens), kv_heads_(kv_heads), k_lines_(k_lines),
-        row_lines_(k_lines + v_lines) {}
-
-  int64_t lines() const { return tokens_ * kv_heads_ * row_lines_; }
-
-  // Requests up to `count` more lines.
-  HWY_INLINE void Issue(int64_t count) {
-    for (; count > 0 && t_ < tokens_; --count) {
-      const char* line = line_ < k_lines_
-                             ? k_[t_].data + h_ * k_[t_].head_bytes + line_ * 64
-                             : v_[t_].data + h_ * v_[t_].head_bytes + (line_ - k_lines_) * 64;
-      Prefetch<kToL2>(line);
-      if (++line_ == row_lines_) {
-        line_ = 0;
-        if (++h_ == kv_heads_) {
-          h_ = 0;
-          ++t_;
-        }
-      }
-    }
-  }
-
- private:
-  const AttentionProblem::TokenRows* k_;
-  const AttentionProblem::TokenRows* v_;
-  int64_t tokens_, kv_heads_, k_lines_, row_lines_;
-  int64_t t_ = 0, h_ = 0, line_ = 0;  // the next line
-};
-
-#if HWY_TARGET == HWY_SCALAR
-// One lane per vector: the sums are the lanes.
-template <class D>
-HWY_INLINE void StoreSumsOf4(D, hn::Vec<D> a, hn::Vec<D> b, hn::Vec<D> c, hn::Vec<D> e,
-                             hn::TFromD<D>* HWY_RESTRICT out) {
-  out[0] = hn::GetLane(a);
-  out[1] = hn::GetLane(b);
-  out[2] = hn::GetLane(c);
-  out[3] = hn::GetLane(e);
-}
-#else
-// out[0..4) = the sum of the 128-bit blocks of v.
-template <class D>
-HWY_INLINE void StoreFoldedBlocks(D d, hn::Vec<D> v, hn::TFromD<D>* HWY_RESTRICT out) {
-  if constexpr (hn::MaxLanes(d) > 4) {
-    const hn::Half<D> dh;
-    StoreFoldedBlocks(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)), out);
-  } else {
-    hn::StoreU(v, d, out);
-  }
-}
-
-// Sums of four vectors a, b, c, e into out[0..4), in one fixed order per
-// lane position whatever the other three vectors are (so a key's score does
-// not depend on its neighbours): pairs of lanes within each 128-bit block,
-// then the blocks folded by halves.
-template <class D>
-HWY_INLINE void StoreSumsOf4(D d, hn::Vec<D> a, hn::Vec<D> b, hn::Vec<D> c, hn::Vec<D> e,
-                             hn::TFromD<D>* HWY_RESTRICT out) {
-  // Per block: ab = [a0+a2, b0+b2, a1+a3, b1+b3], ce likewise; then the
-  // 64-bit halves: [a, b, c, e] per block.
-  const hn::Vec<D> ab = hn::Add(hn::InterleaveLower(d, a, b), hn::InterleaveUpper(d, a, b));
-  const hn::Vec<D> ce = hn::Add(hn::InterleaveLower(d, c, e), hn::InterleaveUpper(d, c, e));
-  const hn::Repartition<uint64_t, D> du;
-  const auto ab64 = hn::BitCast(du, ab), ce64 = hn::BitCast(du, ce);
-  const hn::Vec<D> sums = hn::Add(hn::BitCast(d, hn::InterleaveLower(du, ab64, ce64)),
-                                  hn::BitCast(d, hn::InterleaveUpper(du, ab64, ce64)));
-  StoreFoldedBlocks(d, sums, out);
-}
-#endif  // HWY_TARGET == HWY_SCALAR
 
 // Scores of kKeyGroup keys for kRows rows, all of one kv head:
 //   s[r * s_stride + t] = q[r] . k_t  for r < kRows, t < kKeyGroup
@@ -198,52 +93,6 @@ HWY_NOINLINE void ScoreKeys(D d, const float* HWY_RESTRICT q, int64_t head_dim,
   }
 }
 
-#if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
-// ScoreKeys for an int8 cache on AVX512-VNNI, in exact integer arithmetic:
-// q as 16-bit fixed point, q16 = round(q / q_scale), |q16| <= 32767, the
-// keys widened to int16, pairs of products summed into int32 by vpdpwssd
-// (one instruction per 32 multiply-adds, no conversion to float).
-//   s[r * s_stride + t] = q_scale[r] * (q16[r] . k_t)   (times the key's own
-//   scale later, with the other int8 scales)
-//   q16: [kRows][q_stride]; head_dim % 32 == 0 and <= 256 (the sums stay
-//   below 2^31: 256 * 32767 * 128 < 2^31)
-// (GCC 12 sees the undefined vector some intrinsics start from as an
-// uninitialized read.)
-HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",avx512vnni")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-template <int kRows>
-HWY_NOINLINE void ScoreKeysVnni(const int16_t* HWY_RESTRICT q16, int64_t q_stride,
-                                const float* HWY_RESTRICT q_scale, int64_t head_dim,
-                                HeadRows k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
-  __m512i acc[kRows][kKeyGroup];
-  for (int r = 0; r < kRows; ++r) {
-    for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = _mm512_setzero_si512();
-  }
-  for (int64_t c = 0; c < head_dim; c += 32) {
-    __m512i k[kKeyGroup];
-    for (int t = 0; t < kKeyGroup; ++t) {
-      k[t] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
-          reinterpret_cast<const __m256i*>(static_cast<const int8_t*>(k_rows[t]) + c)));
-    }
-    for (int r = 0; r < kRows; ++r) {
-      const __m512i q = _mm512_loadu_si512(q16 + r * q_stride + c);
-      for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], q, k[t]);
-    }
-  }
-  const hn::Full512<int32_t> d32;
-  for (int r = 0; r < kRows; ++r) {
-    HWY_ALIGN int32_t sums[4];
-    StoreSumsOf4(d32, hn::Vec512<int32_t>{acc[r][0]}, hn::Vec512<int32_t>{acc[r][1]},
-                 hn::Vec512<int32_t>{acc[r][2]}, hn::Vec512<int32_t>{acc[r][3]}, sums);
-    for (int t = 0; t < kKeyGroup; ++t) s[r * s_stride + t] = static_cast<float>(sums[t]) * q_scale[r];
-  }
-}
-#pragma GCC diagnostic pop
-HWY_POP_ATTRIBUTES
-#endif  // QKV_DECODE_VNNI && HWY_TARGET == HWY_AVX3
-
 // acc[r][c, c + kVecs*N) = alpha_r * acc + sum_j p[r][j] * v_j[c, ...)
 // (int8: p already carries the value rows' scales).
 // Per key, `prefetch_per_key` lines of the next block are requested.
@@ -272,36 +121,6 @@ HWY_INLINE void ValueBlock(D d, const float* HWY_RESTRICT p, HeadRows v_rows,
     for (int v = 0; v < kVecs; ++v) hn::Store(o[r][v], d, acc + r * acc_stride + c + v * N);
   }
 }
-
-template <int kMax, class F>
-HWY_INLINE void WithRows(int rows, F&& f) {
-  switch (rows) {
-    case 1: f(std::integral_constant<int, 1>()); break;
-    case 2: f(std::integral_constant<int, 2>()); break;
-    case 3: f(std::integral_constant<int, 3>()); break;
-    case 4: f(std::integral_constant<int, 4>()); break;
-    default:
-      if constexpr (kMax > 4) {
-        switch (rows) {
-          case 5: f(std::integral_constant<int, 5>()); break;
-          case 6: f(std::integral_constant<int, 6>()); break;
-          case 7: f(std::integral_constant<int, 7>()); break;
-          default: f(std::integral_constant<int, 8>()); break;
-        }
-      }
-      break;
-  }
-}
-
-struct Layout {
-  int64_t rows = 0;     // seq_q * group: rows of one kv head
-  int64_t dv_pad = 0;   // head_dim_v rounded up to N
-  int64_t splits = 0;   // chunks per (batch, kv head)
-  int64_t chunk = 0;    // keys per chunk
-  int64_t rows_pad = 0; // rows rounded up to N
-  int64_t state = 0;    // floats of one task's partial state (a multiple of N):
-                        // acc [rows][dv_pad], m [rows_pad], l [rows_pad]
-};
 
 // Per-thread scratch. Per kv head h: score rows s[h * rows + r][kBlock] and
 // the block's int8 scales at [h * kBlock + j]; per key j of the block, where
@@ -335,10 +154,6 @@ struct DecodeScratch {
         rows(hwy::AllocateAligned<TileRow>(p.kv_heads * g.rows)) {}
 };
 
-// acc = alpha * acc + P.V over the block's n keys, rows in groups of
-// kValueRows, columns in passes of up to 4 vectors (fewer passes over V and
-// fewer broadcasts of P per key).
-//   p: [rows][kBlock] weights; v_rows: the block's n value rows of one kv head.
 // The number of ValueBlock passes AccumulateValues makes over a block's keys.
 int64_t ValuePasses(const Layout& g, int64_t lanes) {
   int64_t columns = 0, c = 0;
@@ -350,6 +165,10 @@ int64_t ValuePasses(const Layout& g, int64_t lanes) {
   return columns * ((g.rows + kValueRows - 1) / kValueRows);
 }
 
+// acc = alpha * acc + P.V over the block's n keys, rows in groups of
+// kValueRows, columns in passes of up to 4 vectors (fewer passes over V and
+// fewer broadcasts of P per key).
+//   p: [rows][kBlock] weights; v_rows: the block's n value rows of one kv head.
 template <DType kDtype>
 HWY_NOINLINE void AccumulateValues(const Layout& g, int64_t n, const float* HWY_RESTRICT p,
                       HeadRows v_rows, const float* HWY_RESTRICT alpha_rows,
@@ -381,101 +200,6 @@ HWY_NOINLINE void AccumulateValues(const Layout& g, int64_t n, const float* HWY_
     });
   }
 }
-
-#if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
-// out = round(x / scale) as int16 with scale = max|x| / 32767 over x[0, n)
-// (0 for a zero row; the largest becomes +-32767), n % 16 == 0: the 16-bit
-// fixed point of the VNNI paths (q rows; a block's weights, x >= 0).
-void QuantizeRow16(const float* HWY_RESTRICT x, int64_t n, int16_t* HWY_RESTRICT out,
-                   float& scale) {
-  const hn::Full512<float> d;
-  const hn::Rebind<int16_t, decltype(d)> d16;
-  auto max_v = hn::Zero(d);
-  for (int64_t i = 0; i < n; i += 16) max_v = hn::Max(max_v, hn::Abs(hn::LoadU(d, x + i)));
-  const float max_abs = hn::GetLane(hn::MaxOfLanes(d, max_v));
-  scale = max_abs / 32767.0f;
-  const auto inv = hn::Set(d, max_abs > 0 ? 32767.0f / max_abs : 0.0f);
-  for (int64_t i = 0; i < n; i += 16) {  // round to nearest even; |.| <= 32767
-    hn::StoreU(hn::DemoteTo(d16, hn::NearestInt(hn::Mul(hn::LoadU(d, x + i), inv))), d16, out + i);
-  }
-}
-
-// AccumulateValues for an int8 cache on AVX512-VNNI, in integer arithmetic
-// per block: each row's weights (the value scales folded in) as 16-bit fixed
-// point p16 = round(p / p_scale), p_scale = max p / 32767 (one per row and
-// block), V rows of a key pair interleaved as int16 pairs, vpdpwssd summing
-// p16_j v_j + p16_j+1 v_j+1 into int32 per column (exact: at most 64 * 32767
-// * 128 per block); then acc = alpha * acc + p_scale * sum, in float.
-//   p16: [rows][kBlock], zero past n (QuantizeRow16 of the weights, which
-//   are 0 past the block's keys; for an odd n the key after the last is the
-//   last's row again, v_rows has it); head_dim_v % 64 == 0
-HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",avx512vnni")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-template <int kRows>
-HWY_INLINE void ValueBlockVnni(const int16_t* HWY_RESTRICT p16, const float* HWY_RESTRICT p_scale,
-                               HeadRows v_rows, int64_t n, int64_t c,
-                               const float* HWY_RESTRICT alpha, float* HWY_RESTRICT acc,
-                               int64_t acc_stride, NextBlockPrefetch& prefetch,
-                               int64_t prefetch_per_key) {
-  // acc_int[r][i], i = 0..3: columns c + {0-7, 16-23}, {32-39, 48-55},
-  // {8-15, 24-31}, {40-47, 56-63} (the unpack order), int32.
-  __m512i sum[kRows][4];
-  for (int r = 0; r < kRows; ++r) {
-    for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_setzero_si512();
-  }
-  for (int64_t j = 0; j < n; j += 2) {
-    prefetch.Issue(2 * prefetch_per_key);
-    const __m512i a = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j]) + c);
-    const __m512i b = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j + 1]) + c);
-    const __m512i lo = _mm512_unpacklo_epi8(a, b), hi = _mm512_unpackhi_epi8(a, b);
-    const __m512i v[4] = {_mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo)),
-                          _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(lo, 1)),
-                          _mm512_cvtepi8_epi16(_mm512_castsi512_si256(hi)),
-                          _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(hi, 1))};
-    for (int r = 0; r < kRows; ++r) {
-      int32_t pair;
-      std::memcpy(&pair, p16 + r * kBlock + j, sizeof(pair));
-      const __m512i pr = _mm512_set1_epi32(pair);
-      for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_dpwssd_epi32(sum[r][i], pr, v[i]);
-    }
-  }
-  for (int r = 0; r < kRows; ++r) {
-    const __m512 a = _mm512_set1_ps(alpha[r]), ps = _mm512_set1_ps(p_scale[r]);
-    float* o = acc + r * acc_stride + c;
-    // Natural column order: 16 columns from the 128-bit lanes of two sums.
-    const __m512i natural[4] = {_mm512_shuffle_i32x4(sum[r][0], sum[r][2], 0x44),
-                                _mm512_shuffle_i32x4(sum[r][0], sum[r][2], 0xEE),
-                                _mm512_shuffle_i32x4(sum[r][1], sum[r][3], 0x44),
-                                _mm512_shuffle_i32x4(sum[r][1], sum[r][3], 0xEE)};
-    for (int i = 0; i < 4; ++i) {
-      const __m512 old = _mm512_mul_ps(a, _mm512_loadu_ps(o + 16 * i));
-      _mm512_storeu_ps(o + 16 * i, _mm512_fmadd_ps(ps, _mm512_cvtepi32_ps(natural[i]), old));
-    }
-  }
-}
-
-// acc = alpha * acc + P.V over the block's n keys for every row, rows in
-// groups of kValueRows, columns in passes of 64.
-HWY_NOINLINE void AccumulateValuesVnni(const Layout& g, int64_t n, const int16_t* HWY_RESTRICT p16,
-                                       const float* HWY_RESTRICT p_scale, HeadRows v_rows,
-                                       const float* HWY_RESTRICT alpha_rows,
-                                       float* HWY_RESTRICT acc, NextBlockPrefetch& prefetch,
-                                       int64_t prefetch_per_key) {
-  for (int64_t r0 = 0; r0 < g.rows; r0 += kValueRows) {
-    const int rows = static_cast<int>(std::min<int64_t>(kValueRows, g.rows - r0));
-    WithRows<kValueRows>(rows, [&](auto kRows) {
-      for (int64_t c = 0; c < g.dv_pad; c += 64) {
-        ValueBlockVnni<kRows()>(p16 + r0 * kBlock, p_scale + r0, v_rows, n, c, alpha_rows + r0,
-                                acc + r0 * g.dv_pad, g.dv_pad, prefetch, prefetch_per_key);
-      }
-    });
-  }
-}
-#pragma GCC diagnostic pop
-HWY_POP_ATTRIBUTES
-#endif  // QKV_DECODE_VNNI && HWY_TARGET == HWY_AVX3
 
 // One task: keys [j0, j1) of batch b for every kv head, into the partial
 // states of its kv heads (state + kvh * g.state, see Layout). All heads per

@@ -1,0 +1,169 @@
+// Building blocks of the decode kernel (decode.cpp): block constants, a
+// block's rows of one kv head, the next block's prefetch, the sums of four
+// vectors, the row dispatch and the task layout. Per-target code, included
+// by decode.cpp and decode_vnni-inl.h.
+
+#if defined(QKV_KERNELS_DECODE_PARTS_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef QKV_KERNELS_DECODE_PARTS_INL_H_
+#undef QKV_KERNELS_DECODE_PARTS_INL_H_
+#else
+#define QKV_KERNELS_DECODE_PARTS_INL_H_
+#endif
+
+#include <cstdint>
+#include <type_traits>
+
+#include "api/problem.h"
+#include "hwy/cache_control.h"
+#include "hwy/highway.h"
+#include "kernels/microkernel-inl.h"
+#if HWY_ARCH_X86
+#include <xmmintrin.h>  // _mm_prefetch
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace qkv::internal {
+namespace HWY_NAMESPACE {
+namespace decode_parts {
+namespace hn = hwy::HWY_NAMESPACE;
+
+inline constexpr int64_t kBlock = 64;  // keys per block
+inline constexpr int kKeyGroup = 4;    // keys per pass over the q rows
+inline constexpr int kValueRows = 4;   // rows per pass over a V block
+// Rows per pass over a group of K rows: kScoreRows x kKeyGroup accumulators
+// plus kKeyGroup key vectors must fit the register file.
+inline constexpr int kScoreRows = kMaxPanelRows == 12 ? 4 : 2;
+
+// Rows of one kv head for keys j of a block: row j starts at base[j] + offset
+// (base[j]: token j's rows of all kv heads, offset: this head's).
+struct HeadRows {
+  const char* const* base;
+  int64_t offset;
+  const void* operator[](int64_t j) const { return base[j] + offset; }
+};
+
+enum PrefetchLevel { kToL1, kToL2 };
+// Software prefetch of one cache line (a no-op where the target has none).
+template <PrefetchLevel kLevel>
+HWY_INLINE void Prefetch(const char* p) {
+#if HWY_ARCH_X86
+  _mm_prefetch(p, kLevel == kToL1 ? _MM_HINT_T0 : _MM_HINT_T1);
+#else
+  hwy::Prefetch(p);
+#endif
+}
+
+// Requests the next block's K and V rows into L2 a few lines at a time,
+// spread over the current block's arithmetic: memory keeps streaming while
+// the block computes, where a burst would stall on the miss queue and then
+// leave memory idle. Lines in order token, kv head, K row then V row.
+class NextBlockPrefetch {
+ public:
+  NextBlockPrefetch(const AttentionProblem::TokenRows* k, const AttentionProblem::TokenRows* v,
+                    int64_t tokens, int64_t kv_heads, int64_t k_lines, int64_t v_lines)
+      : k_(k), v_(v), tokens_(tokens), kv_heads_(kv_heads), k_lines_(k_lines),
+        row_lines_(k_lines + v_lines) {}
+
+  int64_t lines() const { return tokens_ * kv_heads_ * row_lines_; }
+
+  // Requests up to `count` more lines.
+  HWY_INLINE void Issue(int64_t count) {
+    for (; count > 0 && t_ < tokens_; --count) {
+      const char* line = line_ < k_lines_
+                             ? k_[t_].data + h_ * k_[t_].head_bytes + line_ * 64
+                             : v_[t_].data + h_ * v_[t_].head_bytes + (line_ - k_lines_) * 64;
+      Prefetch<kToL2>(line);
+      if (++line_ == row_lines_) {
+        line_ = 0;
+        if (++h_ == kv_heads_) {
+          h_ = 0;
+          ++t_;
+        }
+      }
+    }
+  }
+
+ private:
+  const AttentionProblem::TokenRows* k_;
+  const AttentionProblem::TokenRows* v_;
+  int64_t tokens_, kv_heads_, k_lines_, row_lines_;
+  int64_t t_ = 0, h_ = 0, line_ = 0;  // the next line
+};
+
+#if HWY_TARGET == HWY_SCALAR
+// One lane per vector: the sums are the lanes.
+template <class D>
+HWY_INLINE void StoreSumsOf4(D, hn::Vec<D> a, hn::Vec<D> b, hn::Vec<D> c, hn::Vec<D> e,
+                             hn::TFromD<D>* HWY_RESTRICT out) {
+  out[0] = hn::GetLane(a);
+  out[1] = hn::GetLane(b);
+  out[2] = hn::GetLane(c);
+  out[3] = hn::GetLane(e);
+}
+#else
+// out[0..4) = the sum of the 128-bit blocks of v.
+template <class D>
+HWY_INLINE void StoreFoldedBlocks(D d, hn::Vec<D> v, hn::TFromD<D>* HWY_RESTRICT out) {
+  if constexpr (hn::MaxLanes(d) > 4) {
+    const hn::Half<D> dh;
+    StoreFoldedBlocks(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)), out);
+  } else {
+    hn::StoreU(v, d, out);
+  }
+}
+
+// Sums of four vectors a, b, c, e into out[0..4), in one fixed order per
+// lane position whatever the other three vectors are (so a key's score does
+// not depend on its neighbours): pairs of lanes within each 128-bit block,
+// then the blocks folded by halves.
+template <class D>
+HWY_INLINE void StoreSumsOf4(D d, hn::Vec<D> a, hn::Vec<D> b, hn::Vec<D> c, hn::Vec<D> e,
+                             hn::TFromD<D>* HWY_RESTRICT out) {
+  // Per block: ab = [a0+a2, b0+b2, a1+a3, b1+b3], ce likewise; then the
+  // 64-bit halves: [a, b, c, e] per block.
+  const hn::Vec<D> ab = hn::Add(hn::InterleaveLower(d, a, b), hn::InterleaveUpper(d, a, b));
+  const hn::Vec<D> ce = hn::Add(hn::InterleaveLower(d, c, e), hn::InterleaveUpper(d, c, e));
+  const hn::Repartition<uint64_t, D> du;
+  const auto ab64 = hn::BitCast(du, ab), ce64 = hn::BitCast(du, ce);
+  const hn::Vec<D> sums = hn::Add(hn::BitCast(d, hn::InterleaveLower(du, ab64, ce64)),
+                                  hn::BitCast(d, hn::InterleaveUpper(du, ab64, ce64)));
+  StoreFoldedBlocks(d, sums, out);
+}
+#endif  // HWY_TARGET == HWY_SCALAR
+
+template <int kMax, class F>
+HWY_INLINE void WithRows(int rows, F&& f) {
+  switch (rows) {
+    case 1: f(std::integral_constant<int, 1>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
+    case 4: f(std::integral_constant<int, 4>()); break;
+    default:
+      if constexpr (kMax > 4) {
+        switch (rows) {
+          case 5: f(std::integral_constant<int, 5>()); break;
+          case 6: f(std::integral_constant<int, 6>()); break;
+          case 7: f(std::integral_constant<int, 7>()); break;
+          default: f(std::integral_constant<int, 8>()); break;
+        }
+      }
+      break;
+  }
+}
+
+struct Layout {
+  int64_t rows = 0;     // seq_q * group: rows of one kv head
+  int64_t dv_pad = 0;   // head_dim_v rounded up to N
+  int64_t splits = 0;   // chunks per (batch, kv head)
+  int64_t chunk = 0;    // keys per chunk
+  int64_t rows_pad = 0; // rows rounded up to N
+  int64_t state = 0;    // floats of one task's partial state (a multiple of N):
+                        // acc [rows][dv_pad], m [rows_pad], l [rows_pad]
+};
+
+}  // namespace decode_parts
+}  // namespace HWY_NAMESPACE
+}  // namespace qkv::internal
+HWY_AFTER_NAMESPACE();
+
+#endif  // QKV_KERNELS_DECODE_PARTS_INL_H_
