@@ -73,10 +73,7 @@ HWY_NOINLINE void ScoreKeysVnni(const int16_t* HWY_RESTRICT q16, int64_t q_strid
 }
 #pragma GCC diagnostic pop
 HWY_POP_ATTRIBUTES
-#endif  // QKV_DECODE_VNNI && HWY_TARGET == HWY_AVX3
 
-
-#if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
 // out = round(x / scale) as int16 with scale = max|x| / 32767 over x[0, n)
 // (0 for a zero row; the largest becomes +-32767), n % 16 == 0: the 16-bit
 // fixed point of the VNNI paths (q rows; a block's weights, x >= 0).
