@@ -64,7 +64,6 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #endif
 
-#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "kernels/online_softmax-inl.h"
 
@@ -267,33 +266,16 @@ void PackStep(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t k
 // Packs keys [j0, j1) of kv heads [h0, h1) of batch b, head h at base +
 // (h - h0) * head_elems (K, then V): real keys below keys(b), zeros up to the
 // next multiple of kKeyStep, nothing beyond (no block reads there). j0 is a
-// multiple of kKeyStep. Step by step, every head in turn: a token's rows of
-// all kv heads lie together, so a step's pages serve every head.
+// multiple of kKeyStep. Step by step, every head in turn (walk_pack_steps).
 void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t h0, int64_t h1,
               int64_t j0, int64_t j1, uint16_t* HWY_RESTRICT base, int64_t head_elems,
               uint16_t* HWY_RESTRICT rows) {
   const int64_t keys = p.keys(b);
-  j1 = std::min(j1, RoundUp(keys, kKeyStep));
-  // The rows of step jb of head h, requested one (step, head) ahead.
-  const auto prefetch = [&](int64_t jb, int64_t h) {
-    for (int64_t j = jb; j < std::min(jb + kKeyStep, keys); ++j) {
-      const char* k = static_cast<const char*>(p.key_row(b, j, h).data);
-      const char* v = static_cast<const char*>(p.value_row(b, j, h).data);
-      for (int64_t at = 0; at < p.head_dim * 2; at += 64) hwy::Prefetch(k + at);
-      for (int64_t at = 0; at < p.head_dim_v * 2; at += 64) hwy::Prefetch(v + at);
-    }
-  };
-  for (int64_t jb = j0; jb < j1; jb += kKeyStep) {
-    for (int64_t h = h0; h < h1; ++h) {
-      if (h + 1 < h1) {
-        prefetch(jb, h + 1);
-      } else if (jb + kKeyStep < j1) {
-        prefetch(jb + kKeyStep, h0);
-      }
-      uint16_t* kp = base + (h - h0) * head_elems;
-      PackStep(p, g, b, h, jb, kp, kp + g.k_elems, rows);
-    }
-  }
+  walk_pack_steps(p, b, h0, h1, j0, std::min(j1, RoundUp(keys, kKeyStep)), kKeyStep, keys,
+                  [&](int64_t jb, int64_t h) {
+                    uint16_t* kp = base + (h - h0) * head_elems;
+                    PackStep(p, g, b, h, jb, kp, kp + g.k_elems, rows);
+                  });
 }
 
 // OnlineSoftmaxRow (online_softmax-inl.h) for the scores scale * s[0, n_pad),
@@ -507,7 +489,6 @@ void AmxFlashForward(const AttentionProblem& p) {
       acquire_scratch(static_cast<size_t>((pack_bytes + threads * thread_bytes) / 4));
   uint16_t* const pack = reinterpret_cast<uint16_t*>(lease.data);
   char* const scratch_base = reinterpret_cast<char*>(lease.data) + pack_bytes;
-  const bool heavy_last = p.causal;  // later query tiles see more keys
 
 #pragma omp parallel num_threads(threads)
   {
@@ -525,12 +506,9 @@ void AmxFlashForward(const AttentionProblem& p) {
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < round * g.q_tiles; ++t) {
-        // Head-major: the threads share one head's K/V in the last-level cache.
-        const int64_t pair = first + t / g.q_tiles;
-        const int64_t order = t % g.q_tiles;
-        const int64_t tile = heavy_last ? g.q_tiles - 1 - order : order;
-        const uint16_t* base = pack + (pair - first) * head_elems;
-        RunTile(p, g, pair / p.kv_heads, pair % p.kv_heads, tile, base, base + g.k_elems, scratch);
+        const TileTask task = tile_task(p, first, g.q_tiles, t);
+        const uint16_t* base = pack + task.slot * head_elems;
+        RunTile(p, g, task.batch, task.kv_head, task.tile, base, base + g.k_elems, scratch);
       }
     }
   }

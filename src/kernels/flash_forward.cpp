@@ -142,38 +142,16 @@ void PackPanel(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t 
 
 // Packs keys [j0, min(j1, keys(b))) of kv heads [h0, h1) of batch b, head h
 // at base + (h - h0) * head_floats (K^T, then V). j0 is a multiple of the key
-// panel. Panel by panel, every head in turn: a token's rows of all kv heads
-// lie together, so the pages of a panel's tokens are reused by every head
-// instead of being mapped once per head.
+// panel. Panel by panel, every head in turn (walk_pack_steps).
 void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t h0, int64_t h1,
               int64_t j0, int64_t j1, float* HWY_RESTRICT base, int64_t head_floats,
               float* HWY_RESTRICT rows) {
-  const int64_t kp = g.key_panel;
-  j1 = std::min(j1, p.keys(b));
-  const int64_t k_bytes = p.head_dim * static_cast<int64_t>(dtype_size(p.kv_dtype));
-  const int64_t v_bytes = p.head_dim_v * static_cast<int64_t>(dtype_size(p.kv_dtype));
-  // Requests the rows of panel jp of head h (tokens apart, pages apart when
-  // the kv heads are many): issued one (panel, head) ahead, they arrive while
-  // the current one is packed.
-  const auto prefetch = [&](int64_t jp, int64_t h) {
-    for (int64_t j = jp; j < std::min(jp + kp, j1); ++j) {
-      const char* k = static_cast<const char*>(p.key_row(b, j, h).data);
-      const char* v = static_cast<const char*>(p.value_row(b, j, h).data);
-      for (int64_t at = 0; at < k_bytes; at += 64) hwy::Prefetch(k + at);
-      for (int64_t at = 0; at < v_bytes; at += 64) hwy::Prefetch(v + at);
-    }
-  };
-  for (int64_t jp = j0; jp < j1; jp += kp) {
-    for (int64_t h = h0; h < h1; ++h) {
-      if (h + 1 < h1) {
-        prefetch(jp, h + 1);
-      } else {
-        prefetch(jp + kp, h0);
-      }
-      float* kt = base + (h - h0) * head_floats;
-      PackPanel(p, g, b, h, jp, kt, kt + g.k_floats, rows);
-    }
-  }
+  const int64_t keys = p.keys(b);
+  walk_pack_steps(p, b, h0, h1, j0, std::min(j1, keys), g.key_panel, keys,
+                  [&](int64_t jp, int64_t h) {
+                    float* kt = base + (h - h0) * head_floats;
+                    PackPanel(p, g, b, h, jp, kt, kt + g.k_floats, rows);
+                  });
 }
 
 // Per-thread scratch, sized for one tile.
@@ -293,7 +271,6 @@ void FlashForwardImpl(const AttentionProblem& p) {
   const ScratchLease pack_lease =
       acquire_scratch(static_cast<size_t>(g.heads_per_round * head_floats));
   float* const pack = pack_lease.data;
-  const bool heavy_last = p.causal;  // later query tiles see more keys
 
 #pragma omp parallel num_threads(p.num_threads)
   {
@@ -310,13 +287,9 @@ void FlashForwardImpl(const AttentionProblem& p) {
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < round * g.q_tiles; ++t) {
-        // Head-major: the threads share one head's K/V in the last-level cache.
-        const int64_t pair = first + t / g.q_tiles;
-        const int64_t order = t % g.q_tiles;
-        const int64_t tile = heavy_last ? g.q_tiles - 1 - order : order;
-        const float* base = pack + (pair - first) * head_floats;
-        RunTile(p, g, pair / p.kv_heads, pair % p.kv_heads, tile, base, base + g.k_floats,
-                scratch);
+        const TileTask task = tile_task(p, first, g.q_tiles, t);
+        const float* base = pack + task.slot * head_floats;
+        RunTile(p, g, task.batch, task.kv_head, task.tile, base, base + g.k_floats, scratch);
       }
     }
   }

@@ -1,11 +1,13 @@
-// The packing tasks of the flash kernels (float32 and AMX): how one round of
-// (batch, kv head) pairs is cut into parallel tasks. Target-independent.
+// The task structure shared by the flash kernels (float32 and AMX): how one
+// round of (batch, kv head) pairs is cut into packing tasks and query-tile
+// tasks, and the order a packing task walks its keys. Target-independent.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 
 #include "api/problem.h"
+#include "hwy/cache_control.h"
 
 namespace qkv::internal {
 
@@ -49,5 +51,50 @@ class PackTasks {
   int64_t kv_heads_, first_, end_, batch_first_;
   int64_t chunk_keys_ = 0, chunks_ = 0, batches_ = 0;
 };
+
+// The query-tile tasks of a round: t in [0, count * q_tiles), head-major (the
+// threads share one head's packed K/V in the last-level cache), the heaviest
+// tile first under a causal mask (later query tiles see more keys).
+struct TileTask {
+  int64_t batch, kv_head, tile;
+  int64_t slot;  // the pair's place in the round
+};
+inline TileTask tile_task(const AttentionProblem& p, int64_t first, int64_t q_tiles, int64_t t) {
+  const int64_t pair = first + t / q_tiles;
+  const int64_t order = t % q_tiles;
+  return {pair / p.kv_heads, pair % p.kv_heads, p.causal ? q_tiles - 1 - order : order,
+          pair - first};
+}
+
+// Walks a packing task: pack(j, h) for the steps j = j0, j0 + step, ... < j1
+// and, per step, every kv head h in [h0, h1) in turn (a token's rows of all kv
+// heads lie together, so a step's pages serve every head). Before each call
+// the rows of the next (step, head) below `keys` are requested: they lie a
+// token apart (a page apart with many kv heads) and arrive while this one is
+// packed; requesting a whole step of every head at once overran L1.
+template <class Pack>
+void walk_pack_steps(const AttentionProblem& p, int64_t b, int64_t h0, int64_t h1, int64_t j0,
+                     int64_t j1, int64_t step, int64_t keys, Pack&& pack) {
+  const int64_t elem = static_cast<int64_t>(dtype_size(p.kv_dtype));
+  const int64_t k_bytes = p.head_dim * elem, v_bytes = p.head_dim_v * elem;
+  const auto prefetch = [&](int64_t j_begin, int64_t h) {
+    for (int64_t j = j_begin; j < std::min(j_begin + step, keys); ++j) {
+      const char* k = static_cast<const char*>(p.key_row(b, j, h).data);
+      const char* v = static_cast<const char*>(p.value_row(b, j, h).data);
+      for (int64_t at = 0; at < k_bytes; at += 64) hwy::Prefetch(k + at);
+      for (int64_t at = 0; at < v_bytes; at += 64) hwy::Prefetch(v + at);
+    }
+  };
+  for (int64_t j = j0; j < j1; j += step) {
+    for (int64_t h = h0; h < h1; ++h) {
+      if (h + 1 < h1) {
+        prefetch(j, h + 1);
+      } else if (j + step < j1) {
+        prefetch(j + step, h0);
+      }
+      pack(j, h);
+    }
+  }
+}
 
 }  // namespace qkv::internal
