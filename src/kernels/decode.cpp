@@ -133,6 +133,7 @@ struct DecodeScratch {
   hwy::AlignedFreeUniquePtr<const char*[]> k_tokens, v_tokens, widened;
   hwy::AlignedFreeUniquePtr<AttentionProblem::TokenRows[]> k_token, v_token, k_next, v_next;
   hwy::AlignedFreeUniquePtr<TileRow[]> rows;
+  hwy::AlignedFreeUniquePtr<Span[]> k_spans, v_spans;  // NextBlockPrefetch's
   DecodeScratch(const AttentionProblem& p, const Layout& g)
       : q(hwy::AllocateAligned<float>(p.kv_heads * g.rows * p.head_dim)),
         s(hwy::AllocateAligned<float>(p.kv_heads * g.rows * kBlock)),
@@ -151,7 +152,9 @@ struct DecodeScratch {
         v_token(hwy::AllocateAligned<AttentionProblem::TokenRows>(kBlock)),
         k_next(hwy::AllocateAligned<AttentionProblem::TokenRows>(kBlock)),
         v_next(hwy::AllocateAligned<AttentionProblem::TokenRows>(kBlock)),
-        rows(hwy::AllocateAligned<TileRow>(p.kv_heads * g.rows)) {}
+        rows(hwy::AllocateAligned<TileRow>(p.kv_heads * g.rows)),
+        k_spans(hwy::AllocateAligned<Span>(kBlock * p.kv_heads)),
+        v_spans(hwy::AllocateAligned<Span>(kBlock * p.kv_heads)) {}
 };
 
 // The number of ValueBlock passes AccumulateValues makes over a block's keys.
@@ -262,8 +265,10 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
     const int64_t n_next = std::min(kBlock, key_end - (k0 + n));
     p.tokens(b, k0, n, w.k_token.get(), w.v_token.get());
     if (n_next > 0) p.tokens(b, k0 + n, n_next, w.k_next.get(), w.v_next.get());
-    const int64_t k_lines = (p.head_dim * elem_kv + 63) / 64, v_lines = (p.head_dim_v * elem_kv + 63) / 64;
-    NextBlockPrefetch next(w.k_next.get(), w.v_next.get(), n_next, p.kv_heads, k_lines, v_lines);
+    const int64_t v_lines = (p.head_dim_v * elem_kv + 63) / 64;
+    NextBlockPrefetch next(w.k_next.get(), w.v_next.get(), n_next, p.kv_heads,
+                           p.head_dim * elem_kv, p.head_dim_v * elem_kv, w.k_spans.get(),
+                           w.v_spans.get());
     const int64_t score_steps = (n + kKeyGroup - 1) / kKeyGroup * p.kv_heads;
     const int64_t per_score_step = (next.lines() / 2 + score_steps - 1) / score_steps;
     const int64_t value_keys = p.kv_heads * ValuePasses(g, N) * n;

@@ -53,41 +53,83 @@ HWY_INLINE void Prefetch(const char* p) {
 #endif
 }
 
+// A byte range [begin, end) of the cache.
+struct Span {
+  const char* begin;
+  const char* end;
+};
+
 // Requests the next block's K and V rows into L2 a few lines at a time,
 // spread over the current block's arithmetic: memory keeps streaming while
 // the block computes, where a burst would stall on the miss queue and then
-// leave memory idle. Lines in order token, kv head, K row then V row.
+// leave memory idle. The rows become spans of adjacent bytes first (in a
+// contiguous cache the block's K is one span and its V another; a page
+// boundary or strided heads start a new one), so a request is a pointer
+// step, not an address computed per (token, kv head, line). K and V lines
+// alternate: both streams advance together (K first, then V, measured 4-5%
+// slower at 128K tokens).
 class NextBlockPrefetch {
  public:
+  // spans: room for tokens * kv_heads entries each.
   NextBlockPrefetch(const AttentionProblem::TokenRows* k, const AttentionProblem::TokenRows* v,
-                    int64_t tokens, int64_t kv_heads, int64_t k_lines, int64_t v_lines)
-      : k_(k), v_(v), tokens_(tokens), kv_heads_(kv_heads), k_lines_(k_lines),
-        row_lines_(k_lines + v_lines) {}
+                    int64_t tokens, int64_t kv_heads, int64_t k_row_bytes, int64_t v_row_bytes,
+                    Span* k_spans, Span* v_spans)
+      : k_(k, tokens, kv_heads, k_row_bytes, k_spans), v_(v, tokens, kv_heads, v_row_bytes, v_spans) {}
 
-  int64_t lines() const { return tokens_ * kv_heads_ * row_lines_; }
+  int64_t lines() const { return k_.lines + v_.lines; }
 
-  // Requests up to `count` more lines.
+  // Requests up to `count` more lines, half from K and half from V (all
+  // from one when the other is done).
   HWY_INLINE void Issue(int64_t count) {
-    for (; count > 0 && t_ < tokens_; --count) {
-      const char* line = line_ < k_lines_
-                             ? k_[t_].data + h_ * k_[t_].head_bytes + line_ * 64
-                             : v_[t_].data + h_ * v_[t_].head_bytes + (line_ - k_lines_) * 64;
-      Prefetch<kToL2>(line);
-      if (++line_ == row_lines_) {
-        line_ = 0;
-        if (++h_ == kv_heads_) {
-          h_ = 0;
-          ++t_;
-        }
-      }
-    }
+    const int64_t from_v = v_.Issue(count / 2);
+    const int64_t from_k = k_.Issue(count - from_v);
+    v_.Issue(count - from_v - from_k);
   }
 
  private:
-  const AttentionProblem::TokenRows* k_;
-  const AttentionProblem::TokenRows* v_;
-  int64_t tokens_, kv_heads_, k_lines_, row_lines_;
-  int64_t t_ = 0, h_ = 0, line_ = 0;  // the next line
+  // The lines of one tensor's rows: spans[0, count), cur the next line.
+  struct Stream {
+    Span* spans;
+    int64_t count = 0, at = 0, lines = 0;
+    const char* cur = nullptr;
+
+    // The rows of every token and kv head, adjacent ones merged.
+    Stream(const AttentionProblem::TokenRows* t, int64_t tokens, int64_t kv_heads,
+           int64_t row_bytes, Span* out)
+        : spans(out) {
+      const bool heads_adjacent = tokens > 0 && t[0].head_bytes == row_bytes;
+      const int64_t runs = heads_adjacent ? 1 : kv_heads;
+      const int64_t run_bytes = heads_adjacent ? kv_heads * row_bytes : row_bytes;
+      for (int64_t i = 0; i < tokens; ++i) {
+        for (int64_t h = 0; h < runs; ++h) {
+          const char* b = t[i].data + h * t[i].head_bytes;
+          if (count > 0 && spans[count - 1].end == b) {
+            spans[count - 1].end = b + run_bytes;
+          } else {
+            spans[count++] = {b, b + run_bytes};
+          }
+        }
+      }
+      for (int64_t i = 0; i < count; ++i) {  // from the line holding begin
+        const uintptr_t aligned = reinterpret_cast<uintptr_t>(spans[i].begin) & ~uintptr_t{63};
+        spans[i].begin = reinterpret_cast<const char*>(aligned);
+        lines += static_cast<int64_t>((reinterpret_cast<uintptr_t>(spans[i].end) - aligned + 63) / 64);
+      }
+      if (count > 0) cur = spans[0].begin;
+    }
+    // Requests up to n lines; returns how many it did.
+    HWY_INLINE int64_t Issue(int64_t n) {
+      int64_t i = 0;
+      for (; i < n && at < count; ++i) {
+        Prefetch<kToL2>(cur);
+        cur += 64;
+        if (cur >= spans[at].end && ++at < count) cur = spans[at].begin;
+      }
+      return i;
+    }
+  };
+
+  Stream k_, v_;
 };
 
 #if HWY_TARGET == HWY_SCALAR
