@@ -12,6 +12,7 @@
 
 #include "kernels/decode.h"
 #include "kernels/flash_forward.h"
+#include "runtime/amx.h"
 #include "qkv/qkv.h"
 #include "runtime/half.h"
 #include "test_util.h"
@@ -107,10 +108,10 @@ void expect_cache_matches_reference(const CacheSpec& s, int64_t seq_q, uint32_t 
   const std::vector<Result> naive = w.naive();
   const std::vector<float> q = w.q().dense();
   // The float path, held to float32's rule; the fixed-point int8 path on
-  // AVX512-VNNI has its own bound (Int8OnVnniStaysWithinItsFixedPointBound).
-  internal::set_decode_vnni_enabled(false);
+  // AVX512-VNNI or AMX-INT8 has its own bound (Int8InFixedPointStaysWithinItsBound).
+  internal::set_decode_fixed_point_enabled(false);
   struct Restore {
-    ~Restore() { internal::set_decode_vnni_enabled(true); }
+    ~Restore() { internal::set_decode_fixed_point_enabled(true); }
   } restore;
   for (const int64_t target : internal::flash_targets()) {
     internal::flash_force_target(target);
@@ -330,19 +331,21 @@ TEST(KVCache, Int8QuantizationErrorIsHalfAStep) {
   }
 }
 
-TEST(KVCache, Int8OnVnniStaysWithinItsFixedPointBound) {
-  // On AVX512-VNNI the decode kernel computes with an int8 cache in integer
-  // arithmetic: q as 16-bit fixed point (each element within max|q| / 65534,
-  // q in log2 units), so a score moves by at most e = max|q| / 65534 *
-  // max_j sum_d |k_jd|; and per block of 64 keys the weights p_j * vscale_j
-  // as 16-bit fixed point (each within 1/65534 of the block's largest), so
-  // the weighted sum moves by at most max|v| / 65534 * sum over blocks of
-  // 64 * the block's largest normalized weight w_j. Per row, against the
-  // float path on the same cache: |do| <= ln 2 * e * 2 max|v| + that, and
-  // |dlse| <= ln 2 * e (to first order; x1.5 margin, plus float32 slack).
-  if (!internal::decode_vnni_available()) GTEST_SKIP() << "no AVX512-VNNI on this CPU";
+TEST(KVCache, Int8InFixedPointStaysWithinItsBound) {
+  // With AVX512-VNNI (and AMX-INT8, where present: the same integers,
+  // Int8OnAmxEqualsVnniBitForBit) the decode kernel computes with an int8
+  // cache in integer arithmetic: q as 16-bit fixed point (|q16| <= 32639,
+  // each element within max|q| / 65278, q in log2 units), so a score moves by
+  // at most e = max|q| / 65278 * max_j sum_d |k_jd|; and per block of 64 keys
+  // the weights p_j * vscale_j as 16-bit fixed point (each within 1/65534 of
+  // the block's largest), so the weighted sum moves by at most max|v| / 65534
+  // * sum over blocks of 64 * the block's largest normalized weight w_j. Per
+  // row, against the float path on the same cache: |do| <= ln 2 * e * 2
+  // max|v| + that, and |dlse| <= ln 2 * e (to first order; x1.5 margin, plus
+  // float32 slack).
+  if (!internal::decode_fixed_point_available()) GTEST_SKIP() << "no AVX512-VNNI on this CPU";
   struct Restore {
-    ~Restore() { internal::set_decode_vnni_enabled(true); }
+    ~Restore() { internal::set_decode_fixed_point_enabled(true); }
   } restore;
   constexpr int64_t kBlock = 64;
   for (const auto& [heads, kv_heads, head_dim, head_dim_v, seq_q] :
@@ -359,9 +362,9 @@ TEST(KVCache, Int8OnVnniStaysWithinItsFixedPointBound) {
     const auto q = random_floats(seq_q * heads * head_dim, 62, 2.0f);
     std::vector<float> lse_fixed, lse_float;
     const auto o_fixed = attend(cache, s, q, seq_q, Backend::kDecode, 0, &lse_fixed);
-    internal::set_decode_vnni_enabled(false);
+    internal::set_decode_fixed_point_enabled(false);
     const auto o_float = attend(cache, s, q, seq_q, Backend::kDecode, 0, &lse_float);
-    internal::set_decode_vnni_enabled(true);
+    internal::set_decode_fixed_point_enabled(true);
 
     std::vector<std::vector<float>> k(static_cast<size_t>(len * kv_heads)), v(k.size());
     for (int64_t j = 0; j < len; ++j) {
@@ -399,7 +402,7 @@ TEST(KVCache, Int8OnVnniStaysWithinItsFixedPointBound) {
           for (int64_t j = b0; j < std::min(b0 + kBlock, visible); ++j) largest = std::max(largest, std::exp(score[j] - m) / l);
           block_sum += static_cast<double>(std::min(kBlock, visible - b0)) * largest;
         }
-        const double e = max_q / 65534.0 * max_k_l1;  // log2 units
+        const double e = max_q / 65278.0 * max_k_l1;  // log2 units
         const double o_bound = 1.5 * (std::log(2.0) * e * 2 * max_v + max_v / 65534.0 * block_sum) + 1e-6 * max_v;
         const double lse_bound = 1.5 * std::log(2.0) * e + 1e-5;
         for (int64_t c = 0; c < head_dim_v; ++c) {
@@ -419,6 +422,69 @@ TEST(KVCache, Int8OnVnniStaysWithinItsFixedPointBound) {
     // the worst case would let through.
     EXPECT_LT(worst_o, 0.1);
     EXPECT_LT(worst_lse, 0.1);
+  }
+}
+
+TEST(KVCache, Int8OnAmxEqualsVnniBitForBit) {
+  // With AMX-INT8 the int8 decode path splits q's and the weights' 16-bit
+  // fixed point into bytes for the tile products and recombines the sums:
+  // the same integers as the AVX512-VNNI path, so the same bits out, over
+  // shapes (1 to 16 rows per kv head: one or two row groups), head dims,
+  // partial blocks, paged caches, splits and options.
+  if (!internal::decode_fixed_point_available() || !internal::amx_int8_available()) {
+    GTEST_SKIP() << "no AMX-INT8 on this CPU";
+  }
+  struct Restore {
+    ~Restore() { internal::set_amx_enabled(true); }
+  } restore;
+  struct Shape {
+    int64_t heads, kv_heads, head_dim, head_dim_v, seq_q, page_size, prefill;
+    int splits;
+    float softcap;
+    int64_t window_left;
+  };
+  for (const Shape& sh : {Shape{32, 8, 128, 128, 1, 0, 600, 0, 0.0f, -1},
+                          Shape{8, 2, 64, 64, 2, 16, 333, 3, 0.0f, -1},
+                          Shape{16, 1, 256, 256, 1, 0, 700, 1, 0.0f, -1},
+                          Shape{12, 4, 128, 64, 3, 48, 517, 2, 30.0f, -1},
+                          Shape{4, 4, 192, 128, 1, 16, 600, 0, 0.0f, 100},
+                          Shape{32, 8, 128, 128, 1, 0, 17, 0, 0.0f, -1}}) {
+    SCOPED_TRACE(testing::Message() << sh.heads << "/" << sh.kv_heads << " d " << sh.head_dim << "/"
+                                    << sh.head_dim_v << " seq_q " << sh.seq_q << " page "
+                                    << sh.page_size << " tokens " << sh.prefill);
+    CacheSpec s;
+    s.heads = sh.heads, s.kv_heads = sh.kv_heads, s.head_dim = sh.head_dim, s.head_dim_v = sh.head_dim_v;
+    s.dtype = DType::kInt8;
+    s.page_size = sh.page_size;
+    s.shuffle_pages = sh.page_size > 0;
+    s.prefill = sh.prefill;
+    s.capacity = 768;
+    KVCache cache = make_cache(s, 71);
+    const auto q = random_floats(s.batch * sh.seq_q * s.heads * s.head_dim, 72, 2.0f);
+    const auto run = [&](bool amx, std::vector<float>& lse) {
+      internal::set_amx_enabled(amx);
+      std::vector<float> o(static_cast<size_t>(s.batch * sh.seq_q * s.heads * s.head_dim_v));
+      lse.assign(static_cast<size_t>(s.batch * s.heads * sh.seq_q), 0.0f);
+      KVCacheAttentionParams p;
+      p.q = bshd(q, s.batch, sh.seq_q, s.heads, s.head_dim);
+      p.o = bshd(o, s.batch, sh.seq_q, s.heads, s.head_dim_v);
+      p.lse = Tensor::contiguous(lse.data(), DType::kFloat32, {s.batch, s.heads, sh.seq_q});
+      p.cache = &cache;
+      p.causal = true;
+      p.softcap = sh.softcap;
+      p.window.left = sh.window_left;
+      p.backend = Backend::kDecode;
+      p.num_splits = sh.splits;
+      attention_with_kvcache(p);
+      return o;
+    };
+    std::vector<float> lse_amx, lse_vnni;
+    const int64_t tasks = internal::decode_amx_tasks();
+    const std::vector<float> o_amx = run(true, lse_amx);
+    EXPECT_GT(internal::decode_amx_tasks(), tasks) << "the AMX path did not run";
+    const std::vector<float> o_vnni = run(false, lse_vnni);
+    EXPECT_EQ(o_amx, o_vnni);
+    EXPECT_EQ(lse_amx, lse_vnni);
   }
 }
 

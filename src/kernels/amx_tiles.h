@@ -24,6 +24,8 @@
 
 #include <cstdint>
 
+#include "kernels/tile_config.h"
+
 namespace qkv::internal::amx {
 
 inline constexpr int64_t kGroupRows = 32;   // rows of a C block: two A tiles
@@ -37,16 +39,6 @@ inline constexpr int64_t kTileElems = 512;  // bf16 in a packed 1 KiB B tile
 // the compiler which memory it reads: fence plain stores before tile loads,
 // plain loads after tile stores.
 inline void CompilerFence() { __asm__ __volatile__("" ::: "memory"); }
-
-// ldtilecfg's 64-byte operand: palette 1, tiles 0..7 of 16 rows x 64 bytes.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64, 64, 64, 64};
-  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
-};
-static_assert(sizeof(TileConfig) == 64);
 
 // The calling thread's tile configuration (tile state is per thread), loaded
 // for the object's lifetime and then released (back to the init state, so

@@ -18,12 +18,19 @@ inline constexpr int64_t kDecodeMaxRows = 16;
 // batch * kv_heads * splits * rows * (head_dim_v + 2) floats.
 void decode_forward(const AttentionProblem& problem, int num_splits) noexcept;
 
-// int8 caches on CPUs with AVX512-VNNI: the scores in integer arithmetic,
-// q as 16-bit fixed point per row (its error at most 2^-16 of the row's
-// largest element, ~250x below the int8 rounding of the keys; docs/design.md).
-// Used where the CPU has it, head_dim is a multiple of 32 and at most 256,
-// unless switched off (tests compare both paths).
-bool decode_vnni_available();
-void set_decode_vnni_enabled(bool enabled);
+// int8 caches in integer arithmetic (docs/design.md): q and each block's
+// weights as 16-bit fixed point (their errors at most 2^-16 of the row's or
+// block's largest, ~250x below the int8 rounding of the keys), the products
+// exact in int32: on AMX-INT8 tiles where the CPU has them (unless
+// set_amx_enabled(false)), else AVX512-VNNI; both give the same bits. Used
+// where the CPU has AVX512-VNNI and the shapes fit (VNNI: head_dim % 32 == 0
+// and <= 256; AMX: head_dim and head_dim_v % 64 == 0, head_dim <= 256, at most
+// 16 rows per kv head), unless switched off (tests compare with the float path).
+bool decode_fixed_point_available();
+void set_decode_fixed_point_enabled(bool enabled);
+
+// Decode tasks that have run on AMX-INT8 tiles in this process (tests check
+// that the path they compare ran).
+int64_t decode_amx_tasks();
 
 }  // namespace qkv::internal

@@ -31,7 +31,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 #if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
 // ScoreKeys for an int8 cache on AVX512-VNNI, in exact integer arithmetic:
-// q as 16-bit fixed point, q16 = round(q / q_scale), |q16| <= 32767, the
+// q as 16-bit fixed point, q16 = round(q / q_scale), |q16| <= 32639, the
 // keys widened to int16, pairs of products summed into int32 by vpdpwssd
 // (one instruction per 32 multiply-adds, no conversion to float).
 //   s[r * s_stride + t] = q_scale[r] * (q16[r] . k_t)   (times the key's own
@@ -74,19 +74,25 @@ HWY_NOINLINE void ScoreKeysVnni(const int16_t* HWY_RESTRICT q16, int64_t q_strid
 #pragma GCC diagnostic pop
 HWY_POP_ATTRIBUTES
 
-// out = round(x / scale) as int16 with scale = max|x| / 32767 over x[0, n)
-// (0 for a zero row; the largest becomes +-32767), n % 16 == 0: the 16-bit
-// fixed point of the VNNI paths (q rows; a block's weights, x >= 0).
-HWY_INLINE void QuantizeRow16(const float* HWY_RESTRICT x, int64_t n,
+// Largest magnitudes of the 16-bit fixed point: q's (its AMX-INT8 split
+// into two signed bytes needs q16 <= 32639; the VNNI path uses the same, so
+// both give the same integers), a block's weights' (>= 0).
+inline constexpr float kQuery16Limit = 32639.0f;
+inline constexpr float kWeight16Limit = 32767.0f;
+
+// out = round(x / scale) as int16 with scale = max|x| / limit over x[0, n)
+// (0 for a zero row; the largest becomes +-limit), n % 16 == 0: the 16-bit
+// fixed point of the VNNI and AMX paths (q rows; a block's weights, x >= 0).
+HWY_INLINE void QuantizeRow16(const float* HWY_RESTRICT x, int64_t n, float limit,
                               int16_t* HWY_RESTRICT out, float& scale) {
   const hn::Full512<float> d;
   const hn::Rebind<int16_t, decltype(d)> d16;
   auto max_v = hn::Zero(d);
   for (int64_t i = 0; i < n; i += 16) max_v = hn::Max(max_v, hn::Abs(hn::LoadU(d, x + i)));
   const float max_abs = hn::GetLane(hn::MaxOfLanes(d, max_v));
-  scale = max_abs / 32767.0f;
-  const auto inv = hn::Set(d, max_abs > 0 ? 32767.0f / max_abs : 0.0f);
-  for (int64_t i = 0; i < n; i += 16) {  // round to nearest even; |.| <= 32767
+  scale = max_abs / limit;
+  const auto inv = hn::Set(d, max_abs > 0 ? limit / max_abs : 0.0f);
+  for (int64_t i = 0; i < n; i += 16) {  // round to nearest even; |.| <= limit
     hn::StoreU(hn::DemoteTo(d16, hn::NearestInt(hn::Mul(hn::LoadU(d, x + i), inv))), d16, out + i);
   }
 }

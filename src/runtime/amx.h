@@ -1,5 +1,6 @@
-// Whether this process may run AMX-BF16 tile instructions, and the switch
-// that turns the AMX kernels off (tests and benchmarks time both paths).
+// Whether this process may run AMX-BF16 and AMX-INT8 tile instructions, and
+// the switch that turns the AMX kernels off (tests and benchmarks time both
+// paths).
 #pragma once
 
 namespace qkv::internal {
@@ -10,8 +11,14 @@ namespace qkv::internal {
 // Thread-safe; false on every other CPU, OS or architecture.
 bool amx_bf16_available();
 
+// The same for AMX-INT8 (CPUID.7.0:EDX bit 25) in place of AMX-BF16.
+bool amx_int8_available();
+
 // amx_bf16_available() and not switched off by set_amx_enabled(false).
 bool amx_enabled();
+
+// amx_int8_available() and not switched off by set_amx_enabled(false).
+bool amx_int8_enabled();
 
 // On by default. Off: kernels that would use AMX take their portable path.
 // For tests and benchmarks; not meant to change while a call runs.

@@ -1,0 +1,307 @@
+// The decode kernel's products for int8 caches on AMX-INT8 (decode.cpp
+// chooses them at run time): the same integers as the AVX512-VNNI path
+// (decode_vnni-inl.h), q and the weights as 16-bit fixed point, each split
+// into two bytes so that the tile unit's byte products give them exactly:
+//   q16 = 256 * hi + lo,  hi, lo in [-128, 127]  (q16 in [-32768, 32639])
+//   p16 = 256 * hi + lo,  hi in [0, 127], lo in [0, 255]
+// One tile product takes both halves at once: the hi rows and the lo rows of
+// one operand side by side, combined as 256 * hi + lo in int32 afterwards
+// (exact: |sum| < 2^31 for head_dim <= 256 and 64-key blocks). So the
+// results are the VNNI path's, bit for bit.
+//
+// Tiles, all 16 rows x 64 bytes (R = rows per group, at most 8; a product
+// takes as long for 2R rows or columns as for 16, so the spare ones are
+// zeros and every tile can serve any operand):
+//   scores (16 keys): C = A.B, 16 keys x 16 int32 (columns 2R and up zero)
+//     C  tmm0, tmm6 alternately (one computes while the other is finished)
+//     A  tmm1, tmm2 for even and odd 64s of head_dim: 16 keys x 64 bytes of
+//        K, loaded straight from the cache (keys as rows: no transpose)
+//     B  tmm3, tmm4 likewise: 16 x (2R x 4 bytes), q's halves
+//   P.V (64 keys, 64 columns): C = A.B, 2R rows x 16 columns int32, four
+//     C  tmm0, tmm3, tmm4, tmm6
+//     A  tmm5: 2R rows x 64 keys, the weights' halves
+//     B  tmm1, tmm2, tmm7, tmm1: 16 key quads x 16 columns x 4 bytes: V,
+//        4 keys interleaved
+// Only the AVX3 pass of foreach_target holds it, with AMX-TILE and AMX-INT8
+// added to that pass's target attributes for these functions alone.
+// Per-target code.
+
+#if defined(QKV_KERNELS_DECODE_AMX_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef QKV_KERNELS_DECODE_AMX_INL_H_
+#undef QKV_KERNELS_DECODE_AMX_INL_H_
+#else
+#define QKV_KERNELS_DECODE_AMX_INL_H_
+#endif
+
+#include <cstdint>
+#include <cstring>
+
+#include "hwy/highway.h"
+#include "kernels/decode_parts-inl.h"
+#include "kernels/tile_config.h"
+#include "kernels/transpose-inl.h"
+
+#if defined(QKV_HAVE_AMX_INT8) && HWY_TARGET == HWY_AVX3
+#include <immintrin.h>
+
+HWY_BEFORE_NAMESPACE();
+namespace qkv::internal {
+namespace HWY_NAMESPACE {
+namespace decode_parts {
+
+inline constexpr int64_t kAmxRows = 8;       // rows per group: 2R <= 16 tile rows
+inline constexpr int64_t kAmxKeys = 16;      // keys per score tile
+inline constexpr int64_t kAmxDims = 64;      // head_dim per score product
+inline constexpr int64_t kAmxColumns = 64;   // V columns per 4 P.V products
+inline constexpr int64_t kAmxTileBytes = 1024;
+
+HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",amx-tile,amx-int8")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// Tile instructions reach memory through inline assembly that does not tell
+// the compiler which memory it reads or writes.
+inline void AmxFence() { __asm__ __volatile__("" ::: "memory"); }
+
+// The task's tile configuration (above), loaded for the object's lifetime,
+// then released.
+class DecodeTiles {
+ public:
+  DecodeTiles() {
+    const amx::TileConfig config;
+    __asm__ __volatile__("ldtilecfg %0" : : "m"(config));
+  }
+  ~DecodeTiles() { _tile_release(); }
+  DecodeTiles(const DecodeTiles&) = delete;
+  DecodeTiles& operator=(const DecodeTiles&) = delete;
+};
+
+// B tiles of one group's q rows: out[c] = [16][64 bytes], row i holding,
+// for n < R: hi of row n, for R <= n < 2R: lo of row n - R, elements
+// 64c + 4i .. 64c + 4i + 3 (rows past `rows` zero).
+//   q16: [rows][q_stride], |q16| <= 32639; head_dim % 64 == 0
+inline void PackQueryTiles(const int16_t* HWY_RESTRICT q16, int64_t q_stride, int64_t rows,
+                           int64_t group_rows, int64_t head_dim, int8_t* HWY_RESTRICT out) {
+  std::memset(out, 0, static_cast<size_t>(head_dim / kAmxDims * kAmxTileBytes));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t e = 0; e < head_dim; ++e) {
+      const int32_t q = q16[r * q_stride + e];
+      const int32_t hi = (q + 128) >> 8;  // arithmetic: floor
+      const int32_t lo = q - hi * 256;
+      int8_t* tile = out + e / kAmxDims * kAmxTileBytes + (e % kAmxDims) / 4 * 64 + e % 4;
+      tile[4 * r] = static_cast<int8_t>(hi);
+      tile[4 * (group_rows + r)] = static_cast<int8_t>(lo);
+    }
+  }
+}
+
+// Scores of 16 keys for one group of rows of one kv head, in two halves so
+// that the tile unit computes one while the vector units finish another:
+// IssueScoreTile<kC> runs the products into tile kC (0 or 6), and
+// FinishScoreTile<kC> then stores it and writes
+//   s[r * s_stride + t] = (q_scale[r] * (q16[r] . k_t)) * k_scale[t]
+// for r < rows, t < 16 (the VNNI path's float operations, in its order).
+//   k: the 16 keys' rows of this head: k + t * k_stride (k_stride may be
+//      head_dim for a contiguous copy); q_tiles: PackQueryTiles
+template <int kC>
+HWY_INLINE void IssueScoreTile(const int8_t* k, int64_t k_stride, const int8_t* q_tiles,
+                               int64_t head_dim) {
+  // (The tile intrinsics take literal register numbers.)
+  AmxFence();
+  if constexpr (kC == 0) {
+    _tile_zero(0);
+  } else {
+    _tile_zero(6);
+  }
+  for (int64_t c = 0; c < head_dim / kAmxDims; c += 2) {  // head_dim / 64 is 1, 2, 3 or 4
+    _tile_loadd(1, k + c * kAmxDims, k_stride);
+    _tile_loadd(3, q_tiles + c * kAmxTileBytes, 64);
+    if constexpr (kC == 0) {
+      _tile_dpbssd(0, 1, 3);
+    } else {
+      _tile_dpbssd(6, 1, 3);
+    }
+    if (c + 1 == head_dim / kAmxDims) break;
+    _tile_loadd(2, k + (c + 1) * kAmxDims, k_stride);
+    _tile_loadd(4, q_tiles + (c + 1) * kAmxTileBytes, 64);
+    if constexpr (kC == 0) {
+      _tile_dpbssd(0, 2, 4);
+    } else {
+      _tile_dpbssd(6, 2, 4);
+    }
+  }
+}
+
+//   scratch: 2 KiB
+template <int kC>
+HWY_INLINE void FinishScoreTile(int64_t rows, int64_t group_rows, const float* HWY_RESTRICT q_scale,
+                                const float* HWY_RESTRICT k_scale, int32_t* HWY_RESTRICT scratch,
+                                float* HWY_RESTRICT s, int64_t s_stride) {
+  if constexpr (kC == 0) {
+    _tile_stored(0, scratch, 64);
+  } else {
+    _tile_stored(6, scratch, 64);
+  }
+  AmxFence();
+  // scratch[t][n] -> columns[n][t]: a row's hi and lo sums over the 16 keys.
+  uint32_t* columns = reinterpret_cast<uint32_t*>(scratch + 256);
+  Transpose16x16(reinterpret_cast<const uint32_t*>(scratch), 16, columns);
+  const __m512 ks = _mm512_loadu_ps(k_scale);
+  for (int64_t r = 0; r < rows; ++r) {
+    const __m512i hi = _mm512_loadu_si512(columns + 16 * r);
+    const __m512i lo = _mm512_loadu_si512(columns + 16 * (group_rows + r));
+    const __m512 sum = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(hi, 8), lo));
+    _mm512_storeu_ps(s + r * s_stride,
+                     _mm512_mul_ps(_mm512_mul_ps(sum, _mm512_set1_ps(q_scale[r])), ks));
+  }
+}
+
+// A score tile issued and not yet finished.
+struct PendingScores {
+  int64_t rows = 0;
+  const float* q_scale = nullptr;
+  const float* k_scale = nullptr;
+  float* s = nullptr;
+};
+
+// Issues a score tile into tile 0 or 6 (by parity) and finishes the one
+// issued before it (in the other), if any.
+class ScoreTilePipe {
+ public:
+  ScoreTilePipe(int64_t group_rows, int32_t* scratch, int64_t s_stride)
+      : group_rows_(group_rows), scratch_(scratch), s_stride_(s_stride) {}
+
+  void Push(const int8_t* k, int64_t k_stride, const int8_t* q_tiles, int64_t head_dim,
+            const PendingScores& scores) {
+    if (parity_) {
+      IssueScoreTile<6>(k, k_stride, q_tiles, head_dim);
+    } else {
+      IssueScoreTile<0>(k, k_stride, q_tiles, head_dim);
+    }
+    Finish();
+    pending_ = scores;
+    parity_ ^= 1;
+  }
+
+  // Finishes the last tile issued.
+  void Finish() {
+    if (pending_.s == nullptr) return;
+    if (parity_) {  // the pending tile is the other one
+      FinishScoreTile<0>(pending_.rows, group_rows_, pending_.q_scale, pending_.k_scale, scratch_,
+                         pending_.s, s_stride_);
+    } else {
+      FinishScoreTile<6>(pending_.rows, group_rows_, pending_.q_scale, pending_.k_scale, scratch_,
+                         pending_.s, s_stride_);
+    }
+    pending_.s = nullptr;
+  }
+
+ private:
+  int64_t group_rows_;
+  int32_t* scratch_;
+  int64_t s_stride_;
+  PendingScores pending_;
+  int parity_ = 0;  // the tile the next Push issues into: 0 -> tmm0, 1 -> tmm6
+};
+
+// A tile of one group's weights: out[n][j] for keys j < 64, n < R: hi of
+// row n, R <= n < 2R: lo of row n - R; zero for rows past `rows` and keys
+// past n_pad.
+//   p16: [rows][kBlock] in [0, 32767]; n_pad % 16 == 0
+inline void PackWeightTile(const int16_t* HWY_RESTRICT p16, int64_t rows, int64_t group_rows,
+                           int64_t n_pad, uint8_t* HWY_RESTRICT out) {
+  std::memset(out, 0, kAmxTileBytes);
+  const __m256i low_byte = _mm256_set1_epi16(0xFF);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < n_pad; j += 16) {
+      const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p16 + r * kBlock + j));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + r * 64 + j),
+                       _mm256_cvtepi16_epi8(_mm256_srli_epi16(p, 8)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (group_rows + r) * 64 + j),
+                       _mm256_cvtepi16_epi8(_mm256_and_si256(p, low_byte)));
+    }
+  }
+}
+
+// B tiles of V columns [c, c + 64) for the block's 64 keys: out[m] =
+// [16 key quads][16][4 bytes], element n of quad i holding keys 4i .. 4i + 3
+// of column c + 16 (n / 4) + 4m + n % 4 (the order the byte and word
+// unpacks leave; AccumulateTilesAmx puts the columns back).
+//   v_rows: 64 rows (stand-ins past the block's keys: their weights are 0)
+// Per quad, `prefetch_per_quad` lines of the next block are requested.
+inline void PackValueTiles(HeadRows v_rows, int64_t c, int8_t* HWY_RESTRICT out,
+                           NextBlockPrefetch& prefetch, int64_t prefetch_per_quad) {
+  for (int64_t i = 0; i < kBlock / 4; ++i) {
+    prefetch.Issue(prefetch_per_quad);
+    const auto row = [&](int64_t j) {
+      return _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[4 * i + j]) + c);
+    };
+    const __m512i a = row(0), b = row(1), cc = row(2), d = row(3);
+    const __m512i ab_lo = _mm512_unpacklo_epi8(a, b), ab_hi = _mm512_unpackhi_epi8(a, b);
+    const __m512i cd_lo = _mm512_unpacklo_epi8(cc, d), cd_hi = _mm512_unpackhi_epi8(cc, d);
+    _mm512_storeu_si512(out + 0 * kAmxTileBytes + i * 64, _mm512_unpacklo_epi16(ab_lo, cd_lo));
+    _mm512_storeu_si512(out + 1 * kAmxTileBytes + i * 64, _mm512_unpackhi_epi16(ab_lo, cd_lo));
+    _mm512_storeu_si512(out + 2 * kAmxTileBytes + i * 64, _mm512_unpacklo_epi16(ab_hi, cd_hi));
+    _mm512_storeu_si512(out + 3 * kAmxTileBytes + i * 64, _mm512_unpackhi_epi16(ab_hi, cd_hi));
+  }
+}
+
+// acc[r][c, c + 64) = alpha_r * acc + p_scale_r * (P16 . V)[r] for one
+// group's rows, from the weight tile and PackValueTiles' tiles of columns c.
+//   scratch: 4 KiB
+inline void AccumulateTilesAmx(const uint8_t* weights, const int8_t* v_tiles, int64_t rows,
+                               int64_t group_rows, const float* HWY_RESTRICT alpha,
+                               const float* HWY_RESTRICT p_scale, float* HWY_RESTRICT acc,
+                               int64_t acc_stride, int64_t c, int32_t* HWY_RESTRICT scratch) {
+  AmxFence();
+  _tile_loadd(5, weights, 64);
+  _tile_zero(0);
+  _tile_zero(3);
+  _tile_zero(4);
+  _tile_zero(6);
+  _tile_loadd(1, v_tiles, 64);
+  _tile_loadd(2, v_tiles + kAmxTileBytes, 64);
+  _tile_loadd(7, v_tiles + 2 * kAmxTileBytes, 64);
+  _tile_dpbusd(0, 5, 1);
+  _tile_dpbusd(3, 5, 2);
+  _tile_dpbusd(4, 5, 7);
+  _tile_loadd(1, v_tiles + 3 * kAmxTileBytes, 64);
+  _tile_dpbusd(6, 5, 1);
+  _tile_stored(0, scratch, 64);
+  _tile_stored(3, scratch + 256, 64);
+  _tile_stored(4, scratch + 512, 64);
+  _tile_stored(6, scratch + 768, 64);
+  AmxFence();
+  for (int64_t r = 0; r < rows; ++r) {
+    __m512i t[4];  // lane 4L + f: column 16L + 4m + f
+    for (int m = 0; m < 4; ++m) {
+      const int32_t* out = scratch + m * 256;
+      t[m] = _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(out + 16 * r), 8),
+                              _mm512_loadu_si512(out + 16 * (group_rows + r)));
+    }
+    // 128-bit block L of t[m] holds columns 16L + 4m ..: a 4 x 4 transpose
+    // of blocks gives the columns in order.
+    const __m512i a = _mm512_shuffle_i32x4(t[0], t[1], 0x88), b = _mm512_shuffle_i32x4(t[0], t[1], 0xDD);
+    const __m512i e = _mm512_shuffle_i32x4(t[2], t[3], 0x88), f = _mm512_shuffle_i32x4(t[2], t[3], 0xDD);
+    const __m512i natural[4] = {_mm512_shuffle_i32x4(a, e, 0x88), _mm512_shuffle_i32x4(b, f, 0x88),
+                                _mm512_shuffle_i32x4(a, e, 0xDD), _mm512_shuffle_i32x4(b, f, 0xDD)};
+    const __m512 al = _mm512_set1_ps(alpha[r]), ps = _mm512_set1_ps(p_scale[r]);
+    float* o = acc + r * acc_stride + c;
+    for (int i = 0; i < 4; ++i) {
+      const __m512 old = _mm512_mul_ps(al, _mm512_loadu_ps(o + 16 * i));
+      _mm512_storeu_ps(o + 16 * i, _mm512_fmadd_ps(ps, _mm512_cvtepi32_ps(natural[i]), old));
+    }
+  }
+}
+
+#pragma GCC diagnostic pop
+HWY_POP_ATTRIBUTES
+
+}  // namespace decode_parts
+}  // namespace HWY_NAMESPACE
+}  // namespace qkv::internal
+HWY_AFTER_NAMESPACE();
+#endif  // QKV_HAVE_AMX_INT8 && HWY_TARGET == HWY_AVX3
+
+#endif  // QKV_KERNELS_DECODE_AMX_INL_H_
