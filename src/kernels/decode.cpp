@@ -252,9 +252,7 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
   const bool amx = kDtype == DType::kInt8 && p.head_dim % kAmxDims == 0 && p.head_dim <= 256 &&
                    p.head_dim_v % kAmxColumns == 0 && g.rows <= 2 * kAmxRows &&
                    decode_fixed_point_available() && amx_int8_enabled();
-  const int64_t group_rows = std::min(g.rows, kAmxRows);
-  const int64_t groups = CeilDiv(g.rows, group_rows);
-  const int64_t dim_tiles = p.head_dim / kAmxDims;
+  const AmxGroups amx_groups(g.rows, p.head_dim);
   std::optional<DecodeTiles> tiles;
   if (amx) {
     tiles.emplace();
@@ -293,11 +291,9 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
     }
     std::fill(state, state + g.rows * g.dv_pad, 0.0f);
 #if defined(QKV_HAVE_AMX_INT8) && HWY_TARGET == HWY_AVX3
-    for (int64_t gi = 0; amx && gi < groups; ++gi) {
-      const int64_t r0 = gi * group_rows;
-      PackQueryTiles(w.q16.get() + (kvh * g.rows + r0) * p.head_dim, p.head_dim,
-                     std::min(group_rows, g.rows - r0), group_rows, p.head_dim,
-                     w.q_tiles.get() + (kvh * groups + gi) * dim_tiles * kAmxTileBytes);
+    if (amx) {
+      PackHeadQueryTiles(amx_groups, w.q16.get() + kvh * g.rows * p.head_dim, p.head_dim,
+                         w.q_tiles.get() + kvh * amx_groups.head_tile_bytes());
     }
 #endif
   }
@@ -341,41 +337,9 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
     //    them.
 #if defined(QKV_HAVE_AMX_INT8) && HWY_TARGET == HWY_AVX3
     if (amx) {
-      const int64_t steps = n_pad / kAmxKeys * p.kv_heads;
-      const int64_t per_step = (next.lines() / 2 + steps - 1) / steps;
-      ScoreTilePipe pipe(group_rows, w.tile_scratch.get(), kBlock);
-      for (int64_t j = 0; j < n_pad; j += kAmxKeys) {
-        // Keys equally spaced in memory (a contiguous cache, a page): tile
-        // loads straight from the cache; else a copy of the rows first.
-        const int64_t stride = w.k_tokens[j + 1] - w.k_tokens[j];
-        bool even = true;
-        for (int64_t t = 2; t < kAmxKeys; ++t) even &= w.k_tokens[j + t] - w.k_tokens[j + t - 1] == stride;
-        for (int64_t kvh = 0; kvh < p.kv_heads; ++kvh) {
-          // (No V rows to L1 here, unlike the float and VNNI passes: measured
-          // 12% faster at 32K tokens without, the same at 128K.)
-          next.Issue(per_step / 2);
-          const int8_t* k = reinterpret_cast<const int8_t*>(w.k_tokens[j] + kvh * k_head_bytes);
-          int64_t k_stride = stride;
-          if (!even) {
-            int8_t* copy = w.k_copy.get() + (kvh % 2) * kAmxKeys * p.head_dim;  // the pipe may still read the other
-            for (int64_t t = 0; t < kAmxKeys; ++t) {
-              std::memcpy(copy + t * p.head_dim, w.k_tokens[j + t] + kvh * k_head_bytes,
-                          static_cast<size_t>(p.head_dim));
-            }
-            k = copy;
-            k_stride = p.head_dim;
-          }
-          for (int64_t gi = 0; gi < groups; ++gi) {
-            const int64_t row = kvh * g.rows + gi * group_rows;
-            pipe.Push(k, k_stride, w.q_tiles.get() + (kvh * groups + gi) * dim_tiles * kAmxTileBytes,
-                      p.head_dim,
-                      {std::min(group_rows, g.rows - gi * group_rows), w.q16_scale.get() + row,
-                       w.k_scale.get() + kvh * kBlock + j, w.s.get() + row * kBlock + j});
-          }
-          next.Issue(per_step - per_step / 2);  // half before the tile work, half after
-        }
-      }
-      pipe.Finish();
+      BlockScoresAmx(amx_groups, w.k_tokens.get(), n_pad, p.kv_heads, k_head_bytes,
+                     w.q_tiles.get(), w.q16_scale.get(), w.k_scale.get(), w.k_copy.get(),
+                     w.tile_scratch.get(), w.s.get(), next);
     }
 #endif
     for (int64_t j = 0; !amx && j < n; j += kKeyGroup) {
@@ -417,7 +381,7 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
       for (int64_t r = 0; r < g.rows; ++r) {
         float* sr = s + r * kBlock;
         if constexpr (kDtype == DType::kInt8) {
-          for (int64_t j = 0; !amx && j < n; j += N) {  // (AMX: in ScoreTileAmx)
+          for (int64_t j = 0; !amx && j < n; j += N) {  // (AMX: in BlockScoresAmx)
             hn::Store(hn::Mul(hn::Load(d, sr + j), hn::LoadU(d, k_scale + j)), d, sr + j);
           }
         }
@@ -433,27 +397,9 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
       const HeadRows v_rows{w.v_tokens.get(), kvh * v_head_bytes};
 #if defined(QKV_HAVE_AMX_INT8) && HWY_TARGET == HWY_AVX3
       if (amx) {
-        for (int64_t r = 0; r < g.rows; ++r) {
-          QuantizeRow16(s + r * kBlock, n_pad, kWeight16Limit, w.p16.get() + r * kBlock,
-                        w.p16_scale[r]);
-        }
-        for (int64_t gi = 0; gi < groups; ++gi) {
-          const int64_t r0 = gi * group_rows;
-          PackWeightTile(w.p16.get() + r0 * kBlock, std::min(group_rows, g.rows - r0), group_rows,
-                         n_pad, w.w_tiles.get() + gi * kAmxTileBytes);
-        }
-        const int64_t quads = p.kv_heads * (p.head_dim_v / kAmxColumns) * (kBlock / 4);
-        const int64_t per_quad = (next.lines() - next.lines() / 2 + quads - 1) / quads;
-        for (int64_t c = 0; c < p.head_dim_v; c += kAmxColumns) {
-          PackValueTiles(v_rows, c, w.v_tiles.get(), next, per_quad);
-          for (int64_t gi = 0; gi < groups; ++gi) {
-            const int64_t r0 = gi * group_rows;
-            AccumulateTilesAmx(w.w_tiles.get() + gi * kAmxTileBytes, w.v_tiles.get(),
-                               std::min(group_rows, g.rows - r0), group_rows, w.alpha.get() + r0,
-                               w.p16_scale.get() + r0, acc + r0 * g.dv_pad, g.dv_pad, c,
-                               w.tile_scratch.get());
-          }
-        }
+        HeadValuesAmx(amx_groups, n_pad, s, w.p16.get(), w.p16_scale.get(), v_rows, p.kv_heads,
+                      p.head_dim_v, w.alpha.get(), acc, g.dv_pad, w.w_tiles.get(), w.v_tiles.get(),
+                      w.tile_scratch.get(), next);
         continue;
       }
 #endif
