@@ -42,7 +42,7 @@ inline constexpr double kMaxAgreedDiff = 1e-4;
 inline constexpr double kQuietOnCpu = 0.9;
 // Steps shorter than this do not take part in that check (the CPU-time
 // clock and a worker's wake-up are a large share of them).
-inline constexpr double kMinQuietCheckSeconds = 0.002;
+inline constexpr double kMinQuietCheckSeconds = 0.005;
 
 inline constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 inline constexpr double kMiB = 1024.0 * 1024.0;
