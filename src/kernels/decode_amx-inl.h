@@ -86,14 +86,19 @@ class DecodeTiles {
 inline void PackQueryTiles(const int16_t* HWY_RESTRICT q16, int64_t q_stride, int64_t rows,
                            int64_t group_rows, int64_t head_dim, int8_t* HWY_RESTRICT out) {
   std::memset(out, 0, static_cast<size_t>(head_dim / kAmxDims * kAmxTileBytes));
+  HWY_ALIGN int8_t hi[256], lo[256];  // head_dim <= 256
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t e = 0; e < head_dim; ++e) {
       const int32_t q = q16[r * q_stride + e];
-      const int32_t hi = (q + 128) >> 8;  // arithmetic: floor
-      const int32_t lo = q - hi * 256;
-      int8_t* tile = out + e / kAmxDims * kAmxTileBytes + (e % kAmxDims) / 4 * 64 + e % 4;
-      tile[4 * r] = static_cast<int8_t>(hi);
-      tile[4 * (group_rows + r)] = static_cast<int8_t>(lo);
+      const int32_t h = (q + 128) >> 8;  // arithmetic: floor
+      hi[e] = static_cast<int8_t>(h);
+      lo[e] = static_cast<int8_t>(q - h * 256);
+    }
+    // Elements 4i .. 4i + 3 are one 4-byte column entry of tile i / 16, row i % 16.
+    for (int64_t i = 0; i < head_dim / 4; ++i) {
+      int8_t* row = out + i / 16 * kAmxTileBytes + i % 16 * 64;
+      std::memcpy(row + 4 * r, hi + 4 * i, 4);
+      std::memcpy(row + 4 * (group_rows + r), lo + 4 * i, 4);
     }
   }
 }
