@@ -175,11 +175,17 @@ struct DecodeScratch {
         rows(hwy::AllocateAligned<TileRow>(p.kv_heads * g.rows)),
         k_spans(hwy::AllocateAligned<Span>(kBlock * p.kv_heads)),
         v_spans(hwy::AllocateAligned<Span>(kBlock * p.kv_heads)),
-        q_tiles(hwy::AllocateAligned<int8_t>(p.kv_heads * 2 * CeilDiv(p.head_dim, 64) * 1024)),
-        k_copy(hwy::AllocateAligned<int8_t>(2 * 16 * p.head_dim)),
-        v_tiles(hwy::AllocateAligned<int8_t>(4 * 1024)),
-        w_tiles(hwy::AllocateAligned<uint8_t>(2 * 1024)),
-        tile_scratch(hwy::AllocateAligned<int32_t>(1024)) {}
+        q_tiles(hwy::AllocateAligned<int8_t>(
+            int8_only(p, p.kv_heads * 2 * CeilDiv(p.head_dim, 64) * 1024))),
+        k_copy(hwy::AllocateAligned<int8_t>(int8_only(p, 2 * 16 * p.head_dim))),
+        v_tiles(hwy::AllocateAligned<int8_t>(int8_only(p, 4 * 1024))),
+        w_tiles(hwy::AllocateAligned<uint8_t>(int8_only(p, 2 * 1024))),
+        tile_scratch(hwy::AllocateAligned<int32_t>(int8_only(p, 1024))) {}
+
+  // n for an int8 cache, else 1 (the AMX buffers serve int8 only).
+  static size_t int8_only(const AttentionProblem& p, int64_t n) {
+    return static_cast<size_t>(p.kv_dtype == DType::kInt8 ? n : 1);
+  }
 };
 
 // The number of ValueBlock passes AccumulateValues makes over a block's keys.

@@ -289,8 +289,10 @@ inline void AccumulateTilesAmx(const uint8_t* weights, const int8_t* v_tiles, in
     }
     // 128-bit block L of t[m] holds columns 16L + 4m ..: a 4 x 4 transpose
     // of blocks gives the columns in order.
-    const __m512i a = _mm512_shuffle_i32x4(t[0], t[1], 0x88), b = _mm512_shuffle_i32x4(t[0], t[1], 0xDD);
-    const __m512i e = _mm512_shuffle_i32x4(t[2], t[3], 0x88), f = _mm512_shuffle_i32x4(t[2], t[3], 0xDD);
+    const __m512i a = _mm512_shuffle_i32x4(t[0], t[1], 0x88);
+    const __m512i b = _mm512_shuffle_i32x4(t[0], t[1], 0xDD);
+    const __m512i e = _mm512_shuffle_i32x4(t[2], t[3], 0x88);
+    const __m512i f = _mm512_shuffle_i32x4(t[2], t[3], 0xDD);
     const __m512i natural[4] = {_mm512_shuffle_i32x4(a, e, 0x88), _mm512_shuffle_i32x4(b, f, 0x88),
                                 _mm512_shuffle_i32x4(a, e, 0xDD), _mm512_shuffle_i32x4(b, f, 0xDD)};
     const __m512 al = _mm512_set1_ps(alpha[r]), ps = _mm512_set1_ps(p_scale[r]);
@@ -365,9 +367,10 @@ inline void BlockScoresAmx(const AmxGroups& a, const char* const* k_tokens, int6
       }
       for (int64_t gi = 0; gi < a.groups; ++gi) {
         const int64_t row = kvh * a.rows + gi * a.group_rows;
-        pipe.Push(k, k_stride, q_tiles + kvh * a.head_tile_bytes() + gi * a.dim_tiles * kAmxTileBytes,
-                  head_dim,
-                  {a.rows_of(gi), q16_scale + row, k_scale + kvh * kBlock + j, s + row * kBlock + j});
+        const int8_t* q = q_tiles + kvh * a.head_tile_bytes() + gi * a.dim_tiles * kAmxTileBytes;
+        pipe.Push(k, k_stride, q, head_dim,
+                  {a.rows_of(gi), q16_scale + row, k_scale + kvh * kBlock + j,
+                   s + row * kBlock + j});
       }
       next.Issue(per_step - per_step / 2);  // half before the tile work, half after
     }
