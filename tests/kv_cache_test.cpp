@@ -430,7 +430,8 @@ TEST(KVCache, Int8OnAmxEqualsVnniBitForBit) {
   // fixed point into bytes for the tile products and recombines the sums:
   // the same integers as the AVX512-VNNI path, so the same bits out, over
   // shapes (1 to 16 rows per kv head: one or two row groups), head dims,
-  // partial blocks, paged caches, splits and options.
+  // partial blocks, paged caches (keys loaded in place or copied), splits
+  // and options.
   if (!internal::decode_fixed_point_available() || !internal::amx_int8_available()) {
     GTEST_SKIP() << "no AMX-INT8 on this CPU";
   }
@@ -448,7 +449,9 @@ TEST(KVCache, Int8OnAmxEqualsVnniBitForBit) {
                           Shape{16, 1, 256, 256, 1, 0, 700, 1, 0.0f, -1},
                           Shape{12, 4, 128, 64, 3, 48, 517, 2, 30.0f, -1},
                           Shape{4, 4, 192, 128, 1, 16, 600, 0, 0.0f, 100},
-                          Shape{32, 8, 128, 128, 1, 0, 17, 0, 0.0f, -1}}) {
+                          Shape{32, 8, 128, 128, 1, 0, 17, 0, 0.0f, -1},
+                          // pages of 24: 16 keys that straddle two pages are copied first
+                          Shape{8, 2, 128, 128, 1, 24, 500, 0, 0.0f, -1}}) {
     SCOPED_TRACE(testing::Message() << sh.heads << "/" << sh.kv_heads << " d " << sh.head_dim << "/"
                                     << sh.head_dim_v << " seq_q " << sh.seq_q << " page "
                                     << sh.page_size << " tokens " << sh.prefill);
