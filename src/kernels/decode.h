@@ -19,7 +19,7 @@ inline constexpr int64_t kDecodeMaxRows = 16;
 void decode_forward(const AttentionProblem& problem, int num_splits) noexcept;
 
 // int8 caches in integer arithmetic (docs/design.md): q and each block's
-// weights as 16-bit fixed point (their errors at most 2^-16 of the row's or
+// weights as 16-bit fixed point (their errors about 2^-16 of the row's or
 // block's largest, ~250x below the int8 rounding of the keys), the products
 // exact in int32: on AMX-INT8 tiles where the CPU has them (unless
 // set_amx_enabled(false)), else AVX512-VNNI; both give the same bits. Used
