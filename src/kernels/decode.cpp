@@ -69,6 +69,7 @@ using namespace decode_parts;  // NOLINT: the kernel's own building blocks
 namespace {
 
 constexpr int64_t kMinChunk = 256;  // keys per task at least
+constexpr int64_t kTasksPerThread = 2;
 
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 int64_t CeilDiv(int64_t x, int64_t m) { return (x + m - 1) / m; }
@@ -490,8 +491,11 @@ void DecodeForwardImpl(const AttentionProblem& p, int num_splits) {
   if (num_splits > 0) {
     g.splits = num_splits;
   } else {
-    // Enough chunks for 4 tasks per thread, none shorter than kMinChunk keys.
-    const int64_t want = (4 * p.num_threads + p.batch - 1) / p.batch;
+    // Enough chunks for 2 tasks per thread, none shorter than kMinChunk keys
+    // (a task's setup - q quantized, tiles packed, the first block cold - is
+    // a visible share of a short chunk: against 4 per thread, 4K tokens 5-10%
+    // faster, 32K and 128K the same).
+    const int64_t want = (kTasksPerThread * p.num_threads + p.batch - 1) / p.batch;
     g.splits = std::clamp<int64_t>(want, 1, std::max<int64_t>(1, max_keys / kMinChunk));
   }
   g.chunk = RoundUp(std::max<int64_t>(1, (max_keys + g.splits - 1) / g.splits), kBlock);
