@@ -24,7 +24,7 @@
 
 #include <cstdint>
 
-#include "kernels/tile_config.h"
+#include "kernels/amx_scope.h"
 
 namespace qkv::internal::amx {
 
@@ -34,27 +34,6 @@ inline constexpr int64_t kKeyTile = 16;     // keys per B tile of S = Q.K^T
 inline constexpr int64_t kKeyStep = 32;     // keys per product of O += P.V
 inline constexpr int64_t kColTile = 16;     // columns of a C tile
 inline constexpr int64_t kTileElems = 512;  // bf16 in a packed 1 KiB B tile
-
-// Tile instructions reach memory through inline assembly that does not tell
-// the compiler which memory it reads: fence plain stores before tile loads,
-// plain loads after tile stores.
-inline void CompilerFence() { __asm__ __volatile__("" ::: "memory"); }
-
-// The calling thread's tile configuration (tile state is per thread), loaded
-// for the object's lifetime and then released (back to the init state, so
-// context switches stop saving 8 KiB of tiles).
-class ScopedTiles {
- public:
-  ScopedTiles() {
-    const TileConfig config;
-    // Not _tile_loadconfig: GCC 12 declares only the first 8 bytes of the
-    // configuration as its operand, and may drop the stores of the rest.
-    __asm__ __volatile__("ldtilecfg %0" : : "m"(config));
-  }
-  ~ScopedTiles() { _tile_release(); }
-  ScopedTiles(const ScopedTiles&) = delete;
-  ScopedTiles& operator=(const ScopedTiles&) = delete;
-};
 
 // S = Q.K^T for 32 query rows and n_pad keys: s[r][j] = q[r] . k_j, raw bf16
 // products (exact in fp32), fp32 accumulation.

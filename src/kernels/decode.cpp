@@ -260,7 +260,7 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
                    p.head_dim_v % kAmxColumns == 0 && g.rows <= 2 * kAmxRows &&
                    decode_fixed_point_available() && amx_int8_enabled();
   const AmxGroups amx_groups(g.rows, p.head_dim);
-  std::optional<DecodeTiles> tiles;
+  std::optional<amx::ScopedTiles> tiles;
   if (amx) {
     tiles.emplace();
     CountAmxTask();

@@ -40,7 +40,7 @@
 #include "hwy/highway.h"
 #include "kernels/decode_parts-inl.h"
 #include "kernels/decode_vnni-inl.h"
-#include "kernels/tile_config.h"
+#include "kernels/amx_scope.h"
 #include "kernels/transpose-inl.h"
 
 #if defined(QKV_HAVE_AMX_INT8) && HWY_TARGET == HWY_AVX3
@@ -61,23 +61,6 @@ HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",amx-tile,amx-int8")
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
-// Tile instructions reach memory through inline assembly that does not tell
-// the compiler which memory it reads or writes.
-inline void AmxFence() { __asm__ __volatile__("" ::: "memory"); }
-
-// The task's tile configuration (above), loaded for the object's lifetime,
-// then released.
-class DecodeTiles {
- public:
-  DecodeTiles() {
-    const amx::TileConfig config;
-    __asm__ __volatile__("ldtilecfg %0" : : "m"(config));
-  }
-  ~DecodeTiles() { _tile_release(); }
-  DecodeTiles(const DecodeTiles&) = delete;
-  DecodeTiles& operator=(const DecodeTiles&) = delete;
-};
 
 // B tiles of one group's q rows: out[c] = [16][64 bytes], row i holding,
 // for n < R: hi of row n, for R <= n < 2R: lo of row n - R, elements
@@ -115,7 +98,7 @@ template <int kC>
 HWY_INLINE void IssueScoreTile(const int8_t* k, int64_t k_stride, const int8_t* q_tiles,
                                int64_t head_dim) {
   // (The tile intrinsics take literal register numbers.)
-  AmxFence();
+  amx::CompilerFence();
   if constexpr (kC == 0) {
     _tile_zero(0);
   } else {
@@ -150,7 +133,7 @@ HWY_INLINE void FinishScoreTile(int64_t rows, int64_t group_rows, const float* H
   } else {
     _tile_stored(6, scratch, 64);
   }
-  AmxFence();
+  amx::CompilerFence();
   // scratch[t][n] -> columns[n][t]: a row's hi and lo sums over the 16 keys.
   uint32_t* columns = reinterpret_cast<uint32_t*>(scratch + 256);
   Transpose16x16(reinterpret_cast<const uint32_t*>(scratch), 16, columns);
@@ -261,7 +244,7 @@ inline void AccumulateTilesAmx(const uint8_t* weights, const int8_t* v_tiles, in
                                int64_t group_rows, const float* HWY_RESTRICT alpha,
                                const float* HWY_RESTRICT p_scale, float* HWY_RESTRICT acc,
                                int64_t acc_stride, int64_t c, int32_t* HWY_RESTRICT scratch) {
-  AmxFence();
+  amx::CompilerFence();
   _tile_loadd(5, weights, 64);
   _tile_zero(0);
   _tile_zero(3);
@@ -279,7 +262,7 @@ inline void AccumulateTilesAmx(const uint8_t* weights, const int8_t* v_tiles, in
   _tile_stored(3, scratch + 256, 64);
   _tile_stored(4, scratch + 512, 64);
   _tile_stored(6, scratch + 768, 64);
-  AmxFence();
+  amx::CompilerFence();
   for (int64_t r = 0; r < rows; ++r) {
     __m512i t[4];  // lane 4L + f: column 16L + 4m + f
     for (int m = 0; m < 4; ++m) {
@@ -357,7 +340,8 @@ inline void BlockScoresAmx(const AmxGroups& a, const char* const* k_tokens, int6
       const int8_t* k = reinterpret_cast<const int8_t*>(k_tokens[j] + kvh * k_head_bytes);
       int64_t k_stride = stride;
       if (!even) {
-        int8_t* copy = k_copy + (kvh % 2) * kAmxKeys * head_dim;  // the pipe may read the other
+        // Two copies in turn: the pipe's pending tile may come from the other.
+        int8_t* copy = k_copy + (kvh % 2) * kAmxKeys * head_dim;
         for (int64_t t = 0; t < kAmxKeys; ++t) {
           std::memcpy(copy + t * head_dim, k_tokens[j + t] + kvh * k_head_bytes,
                       static_cast<size_t>(head_dim));
