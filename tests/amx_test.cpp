@@ -326,6 +326,45 @@ TEST_F(Amx, RandomCombinations) {
   EXPECT_LT(empty_rows * 4, rows) << empty_rows << " of " << rows << " rows empty";
 }
 
+TEST_F(Amx, ExactProbsGiveTheCorrectlyRoundedOutput) {
+  // The reference's o is the exact result rounded once to bfloat16. With P in
+  // two terms (2^-16) the kernel's o is that same bfloat16 number almost
+  // everywhere, else its neighbour; with P rounded to bfloat16 (the default,
+  // as PyTorch) the weights' own rounding moves many more elements (measured
+  // on these cases: 0.5-0.6% of o off by one step with exact P; 42-45% off,
+  // 3-6% by more, with P rounded).
+  for (const Case& base : {Case().seq(300).heads(4).kv_heads(2).head_dim(64),
+                           Case().seq_q(64).seq_kv(700).heads(2).head_dim(128).causal()}) {
+    const Case c = Case(base).dtype(DType::kBFloat16).seed(77);
+    SCOPED_TRACE(c.describe());
+    Workload w(c);
+    const Result ref = w.run(Backend::kReference);
+    // Elements of o off the reference, and by more than one bfloat16 step
+    // (and than 2^-14 max|v|: near 0, float32 sums of terms up to max|v|
+    // leave more than a step).
+    const double small = std::ldexp(w.max_abs_v(), -14);
+    const auto off = [&](const Result& r) {
+      std::pair<int64_t, int64_t> n{0, 0};
+      for (size_t e = 0; e < ref.o.size(); ++e) {
+        if (r.o[e] == ref.o[e]) continue;
+        ++n.first;
+        const uint16_t a = internal::bf16_from_f32(r.o[e]), b = internal::bf16_from_f32(ref.o[e]);
+        const bool same_sign = (a >> 15) == (b >> 15);
+        const bool far = std::fabs(double{r.o[e]} - ref.o[e]) > small;
+        if (far && (!same_sign || std::abs(int{a} - int{b}) > 1)) ++n.second;
+      }
+      return n;
+    };
+    const auto exact = off(w.run(Backend::kFlash, true));
+    const auto rounded = off(w.run(Backend::kFlash, false));
+    const int64_t total = static_cast<int64_t>(ref.o.size());
+    EXPECT_EQ(exact.second, 0) << "exact P: elements more than one step off";
+    EXPECT_LT(exact.first * 100, total) << "exact P: " << exact.first << " of " << total << " off";
+    EXPECT_GT(rounded.first, 4 * exact.first + total / 50)
+        << "rounded P: " << rounded.first << " of " << total << " off (exact P: " << exact.first << ")";
+  }
+}
+
 TEST_F(Amx, ThreadCountsGiveBitwiseIdenticalResults) {
   const std::vector<Case> cases = {
       Case().batch(2).seq_q(70).seq_kv(90).heads(4).kv_heads(2).head_dim(32).causal(),

@@ -450,7 +450,7 @@ AttentionParams Workload::params(Backend backend) {
   return p;
 }
 
-Result Workload::run(Backend backend) {
+Result Workload::run(Backend backend, bool exact_bf16_probs) {
   o_.reset();
   o16_.reset();
   lse_.reset();
@@ -458,7 +458,9 @@ Result Workload::run(Backend backend) {
   const auto q16 = q16_.storage(), k16 = k16_.storage(), v16 = v16_.storage();
   const auto mask_f0 = float_mask_.storage();
   const auto mask_b0 = bool_mask_.storage();
-  attention(params(backend));
+  AttentionParams p = params(backend);
+  p.exact_bf16_probs = exact_bf16_probs;
+  attention(p);
 
   const auto same = [](const auto& a, const auto& b) {
     return a.size() == b.size() &&
@@ -908,8 +910,12 @@ RowStats expect_flash_matches_reference(Workload& w) {
   internal::flash_force_target(0);
   internal::set_amx_enabled(true);
   if (c.dtype() == DType::kBFloat16 && internal::amx_flash_available()) {
-    const Result fast = w.run(Backend::kFlash);
-    EXPECT_TRUE(within_tolerance(c, "flash[amx]", fast, ref, naive, max_v));
+    // P rounded to bfloat16 (the default), then carried in two terms.
+    for (const bool exact : {false, true}) {
+      const Result fast = w.run(Backend::kFlash, exact);
+      EXPECT_TRUE(within_tolerance(c, exact ? "flash[amx, exact P]" : "flash[amx]", fast, ref,
+                                   naive, max_v));
+    }
   }
   return stats;
 }

@@ -281,7 +281,8 @@ class Workload {
   // Runs qkv::attention into NaN-filled outputs and returns dense copies.
   // Adds a test failure (naming the case) when the call wrote outside the
   // output views, left an output element unwritten, or changed an input.
-  Result run(Backend backend);
+  // exact_bf16_probs: AttentionParams' (the AMX kernel's P in two terms).
+  Result run(Backend backend, bool exact_bf16_probs = false);
   // naive_float32, every variant, on exactly the params that run() passes.
   std::vector<Result> naive();
   // max |v| over the view (>= the largest |o| any correct call can give).

@@ -35,6 +35,7 @@ def attention(
     mask: Optional[object] = None,
     return_lse: Literal[False] = False,
     num_threads: Optional[int] = None,
+    exact_bf16_probs: bool = False,
 ) -> Array:
     """Scaled dot-product attention; returns out [batch, seq_q, heads, head_dim_v]."""
 
@@ -54,6 +55,7 @@ def attention(
     mask: Optional[object] = None,
     return_lse: Literal[True],
     num_threads: Optional[int] = None,
+    exact_bf16_probs: bool = False,
 ) -> Tuple[Array, Array]:
     """Scaled dot-product attention; returns (out, lse [batch, heads, seq_q] float32)."""
 

@@ -29,6 +29,7 @@ def attention(
     sinks: Optional[Any] = None,
     mask: Optional[Any] = None,
     num_threads: int = 0,
+    exact_bf16_probs: bool = False,
 ) -> None:
     """Computes attention into o (and lse) in place.
 

@@ -183,7 +183,7 @@ void attention(const InArray& q, const InArray& k, const InArray& v, const OutAr
                const std::optional<OutArray>& lse, bool causal, const std::string& causal_align,
                std::pair<int64_t, int64_t> window, std::optional<float> scale, float softcap,
                const std::optional<InArray>& alibi_slopes, const std::optional<InArray>& sinks,
-               const std::optional<InArray>& mask, int num_threads) {
+               const std::optional<InArray>& mask, int num_threads, bool exact_bf16_probs) {
   qkv::AttentionParams p;
   p.q = view(q, "q", kStorage);
   p.k = view(k, "k", kStorage);
@@ -202,6 +202,7 @@ void attention(const InArray& q, const InArray& k, const InArray& v, const OutAr
   if (sinks) p.sinks = view(*sinks, "sinks", kFloat32);
   if (mask) p.mask = view(*mask, "mask", kMask);
   p.num_threads = num_threads;
+  p.exact_bf16_probs = exact_bf16_probs;
 
   // The arrays stay alive (this frame holds them); other Python threads run.
   nb::gil_scoped_release release;
@@ -391,7 +392,7 @@ NB_MODULE(_qkv, m) {
         "lse"_a.none() = nb::none(), "causal"_a = false, "causal_align"_a = "bottom-right",
         "window"_a = no_window, "scale"_a.none() = nb::none(),
         "softcap"_a = 0.0f, "alibi_slopes"_a.none() = nb::none(), "sinks"_a.none() = nb::none(),
-        "mask"_a.none() = nb::none(), "num_threads"_a = 0,
+        "mask"_a.none() = nb::none(), "num_threads"_a = 0, "exact_bf16_probs"_a = false,
         "Computes attention into o (and lse) in place; every array in the layout of\n"
         "qkv.attention, o [batch, seq_q, heads, head_dim_v] of q's dtype and lse\n"
         "[batch, heads, seq_q] float32 allocated by the caller. No copies are made.\n"

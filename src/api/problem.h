@@ -63,6 +63,7 @@ struct AttentionProblem {
 
   int num_threads = 1;  // resolved: >= 1
   Tiling tiling;
+  bool exact_bf16_probs = false;  // AttentionParams::exact_bf16_probs
 
   // Keys of batch b.
   int64_t keys(int64_t b) const { return kv_len ? kv_len[b] : seq_kv; }

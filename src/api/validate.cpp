@@ -192,6 +192,7 @@ AttentionProblem make_problem(const AttentionParams& p) {
     fail("tiling.block_kv (", p.tiling.block_kv, ") must be in [0, 65536] (0 = auto)");
   }
   pr.tiling = p.tiling;
+  pr.exact_bf16_probs = p.exact_bf16_probs;
   return pr;
 }
 

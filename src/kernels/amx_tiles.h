@@ -106,12 +106,12 @@ class ScoreSteps {
 
 // O = alpha * O + (P_hi + P_lo).V for 32 rows over n_pad keys:
 //   o[r][c] = alpha[r] * o[r][c] + sum_j (p_hi[r][j] + p_lo[r][j]) v_j[c]
-//   p_hi, p_lo: [32][p_stride] bf16; alpha: [32]
+//   p_hi, p_lo: [32][p_stride] bf16 (p_lo null: no second term); alpha: [32]
 //   vp: packed values [n_pad / 32][col_tiles][16 key pairs][16 columns][2]
 //   o:  [32][o_stride] fp32, o_stride >= 16 * col_tiles; n_pad % 32 == 0
 // The alpha rescale of a block of 32 columns is vector code just before its
 // tiles are loaded. A step is 8 products (4 for a last odd column tile):
-// 32 rows x 32 columns over 32 keys, for P_hi and for P_lo.
+// 32 rows x 32 columns over 32 keys, for P_hi and for P_lo (half without).
 class AccumulateSteps {
  public:
   AccumulateSteps() = default;  // no work
@@ -142,7 +142,7 @@ class AccumulateSteps {
     }
     const uint16_t* v = vp_ + (key_ * col_tiles_ + col_) * kTileElems;
     const uint16_t* p_hi = p_hi_ + key_ * kKeyStep;
-    const uint16_t* p_lo = p_lo_ + key_ * kKeyStep;
+    const uint16_t* p_lo = p_lo_ != nullptr ? p_lo_ + key_ * kKeyStep : nullptr;
     const int64_t p_half = 16 * p_stride_;
     _tile_stream_loadd(6, v, 64);
     _tile_loadd(4, p_hi, p_bytes);
@@ -153,19 +153,23 @@ class AccumulateSteps {
       _tile_dpbf16ps(1, 4, 7);
       _tile_dpbf16ps(2, 5, 6);
       _tile_dpbf16ps(3, 5, 7);
-      _tile_loadd(4, p_lo, p_bytes);
-      _tile_loadd(5, p_lo + p_half, p_bytes);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
+      if (p_lo_ != nullptr) {
+        _tile_loadd(4, p_lo, p_bytes);
+        _tile_loadd(5, p_lo + p_half, p_bytes);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
     } else {
       _tile_dpbf16ps(0, 4, 6);
       _tile_dpbf16ps(2, 5, 6);
-      _tile_loadd(4, p_lo, p_bytes);
-      _tile_loadd(5, p_lo + p_half, p_bytes);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(2, 5, 6);
+      if (p_lo_ != nullptr) {
+        _tile_loadd(4, p_lo, p_bytes);
+        _tile_loadd(5, p_lo + p_half, p_bytes);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(2, 5, 6);
+      }
     }
     if (++key_ == key_steps_) {
       pending_ = o;

@@ -237,3 +237,29 @@ def test_bad_ranks_and_shapes():
         sdpa(q, k, v, attn_mask=torch.ones(9, 12, dtype=torch.bool))
     with pytest.raises(ValueError, match="must have a contiguous innermost dimension"):
         sdpa(q.transpose(2, 3).contiguous().transpose(2, 3)[..., :9, :], k, v)
+
+
+def test_exact_bf16_probs_is_never_further_from_the_exact_result():
+    # On AMX the default rounds the probabilities to bfloat16 (as PyTorch);
+    # exact_bf16_probs carries them to 2^-16. Elsewhere P stays float32 and
+    # both calls give the same bits.
+    q, k, v = _inputs(batch=1, heads=4, kv_heads=2, seq_q=200, seq_kv=300, dim=64, dim_v=64,
+                      dtype=torch.bfloat16)
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # [B, S, H, D] views
+    exact = attention_reference(*(x.double().numpy() for x in (q, k, v)))[0]
+    fast = qkv.attention(q, k, v)
+    precise = qkv.attention(q, k, v, exact_bf16_probs=True)
+    err_fast = np.abs(fast.double().numpy() - exact).mean()
+    err_precise = np.abs(precise.double().numpy() - exact).mean()
+    if torch.equal(fast, precise):
+        assert not _cpu_has_amx_bf16(), "exact_bf16_probs changed nothing on an AMX-BF16 CPU"
+        return
+    assert err_precise < 0.8 * err_fast, (err_precise, err_fast)  # measured: 1.09e-4 vs 1.60e-4
+
+
+def _cpu_has_amx_bf16():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
