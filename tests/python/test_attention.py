@@ -331,7 +331,8 @@ def test_version_matches_the_package_metadata():
 def test_signature_and_docs():
     params = inspect.signature(qkv.attention).parameters
     assert list(params) == ["q", "k", "v", "causal", "causal_align", "window", "scale", "softcap",
-                            "alibi_slopes", "sinks", "mask", "return_lse", "num_threads"]
+                            "alibi_slopes", "sinks", "mask", "return_lse", "num_threads",
+                            "exact_bf16_probs"]
     assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in list(params)[3:])
     assert "[batch, seq_q,  heads,    head_dim]" in qkv.attention.__doc__
     assert _qkv.attention.__doc__ and _qkv.view_info.__doc__
