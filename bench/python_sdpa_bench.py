@@ -4,8 +4,9 @@
     python bench/python_sdpa_bench.py                 # all cores, float32 and bfloat16
     python bench/python_sdpa_bench.py --threads 1 --dtype float32 --quick
 
-Columns (median milliseconds of --repeat timed calls after a warm-up call; the three
-implementations take turns, so a change of machine load hits them alike):
+Columns (median milliseconds of --repeat timed calls; the three implementations take
+turns in blocks of BLOCK calls, the first call of each block untimed, so a change of
+machine load hits them alike and neither is timed right after the other):
     torch      torch.nn.functional.scaled_dot_product_attention, [B, H, S, D] tensors
     qkv.torch  qkv.torch.scaled_dot_product_attention on the same tensors (drop-in)
     qkv        qkv.attention on [B, S, H, D] views of them (no copies, output [B, S, H, D])
@@ -13,6 +14,14 @@ implementations take turns, so a change of machine load hits them alike):
     speed-up   torch / qkv.torch
 Both libraries get the same thread count (torch.set_num_threads; qkv.torch follows it).
 Needs torch (pip install torch, or make test-peers).
+
+Why blocks: each library runs its own OpenMP pool (PyTorch bundles a libgomp, qkv uses
+the system's), and libgomp's workers spin for a while after a parallel region before
+they sleep (GOMP_SPINCOUNT, default 300000 spins: milliseconds). A call that starts
+right after the other library's therefore shares the cores with its spinning workers:
+on 2 cores both libraries ran about 25% slower that way. --mixed times exactly those
+calls (the cost of alternating libraries in a model; GOMP_SPINCOUNT=10000 in the
+environment, set before Python starts, removes most of it).
 """
 
 from __future__ import annotations
@@ -51,17 +60,25 @@ def visible_pairs(seq_q: int, seq_kv: int, causal: bool) -> int:
     return sum(min(i + 1, seq_kv) for i in range(seq_q))
 
 
-def median_ms(fns, repeat: int):
-    """Median milliseconds of each of `fns`, timed in turns (round-robin) so a
-    machine whose load changes during the run slows all of them alike."""
+BLOCK = 4  # calls per turn: one untimed, then BLOCK - 1 timed
+
+
+def median_ms(fns, repeat: int, mixed: bool = False):
+    """Median milliseconds of each of `fns`, timed in turns so a machine whose
+    load changes during the run slows all of them alike: blocks of BLOCK calls
+    whose first call (right after another function's) is untimed, or, mixed,
+    single calls, each right after another function's."""
     for fn in fns:
         fn()  # warm-up: thread pools, packing buffers, caches
     times = [[] for _ in fns]
-    for _ in range(repeat):
+    while len(times[0]) < repeat:
         for fn, t in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - start)
+            if not mixed:
+                fn()
+            for _ in range(1 if mixed else BLOCK - 1):
+                start = time.perf_counter()
+                fn()
+                t.append(time.perf_counter() - start)
     return [statistics.median(t) * 1e3 for t in times]
 
 
@@ -71,12 +88,16 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per cell (median)")
     parser.add_argument("--quick", action="store_true", help="three small cases only")
+    parser.add_argument("--mixed", action="store_true",
+                        help="time single calls in turns, each right after the other library's")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
     print(f"torch {torch.__version__}, qkv {qkv.__version__}, {args.threads} threads, "
-          f"median of {args.repeat} calls")
+          f"median of {args.repeat} calls, " +
+          ("each right after another implementation's" if args.mixed else
+           f"in blocks of {BLOCK} (the first untimed)"))
     header = f"{'case':<20} {'dtype':<9} {'torch ms':>9} {'qkv.torch ms':>13} {'qkv ms':>8} {'GFLOP/s':>8} {'speed-up':>9}"
     print(header)
     print("-" * len(header))
@@ -97,7 +118,7 @@ def main() -> None:
                     lambda: qkv.torch.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa),
                     lambda: qkv.attention(qt, kt, vt, causal=causal, causal_align="top-left",
                                           num_threads=args.threads),
-                ], args.repeat)
+                ], args.repeat, args.mixed)
             flops = 4.0 * batch * heads * head_dim * visible_pairs(seq_q, seq_kv, causal)
             print(f"{name:<20} {dtype_name:<9} {t_torch:9.2f} {t_drop_in:13.2f} {t_qkv:8.2f} "
                   f"{flops / t_drop_in / 1e6:8.1f} {t_torch / t_drop_in:8.2f}x")
