@@ -83,7 +83,7 @@ struct AttentionParams {
   Backend backend = Backend::kAuto;
   // bfloat16 q, k, v and o on AMX tiles: the probabilities P enter P.V
   // rounded to bfloat16, as in FlashAttention and PyTorch (each off by up to
-  // 2^-9 of itself, so o by up to 2^-9 max|v| beyond its own rounding).
+  // 2^-8 of itself, so o by up to 2^-8 max|v| beyond its own rounding).
   // true: P carried to 2^-16 by a second tile product (about 1.3x the time),
   // o as close to the exact result as bfloat16 allows. Every other path keeps
   // P in float32 and ignores this.

@@ -109,7 +109,7 @@ def attention(
         num_threads: OpenMP threads; None = all the process may use.
         exact_bf16_probs: bfloat16 on a CPU with AMX (tile products): the
             probabilities enter ``P v`` rounded to bfloat16 by default, as in
-            PyTorch and FlashAttention (each weight off by up to 2^-9 of
+            PyTorch and FlashAttention (each weight off by up to 2^-8 of
             itself); True carries them to 2^-16 with a second tile product
             (about 1.3x the time), so out is as close to the exact result as
             bfloat16 allows. Every other path keeps them in float32.

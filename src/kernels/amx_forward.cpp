@@ -13,7 +13,7 @@
 //   2. options and online softmax per row (online_softmax-inl.h), in fp32:
 //      P = 2^(S - m_new) in [0, 1], alpha = 2^(m_old - m_new).
 //   3. O = alpha * O + P.V on tiles with P rounded to bf16 (to nearest, as
-//      FlashAttention and PyTorch do: each p off by up to 2^-9 of itself; l
+//      FlashAttention and PyTorch do: each p off by up to 2^-8 of itself; l
 //      sums the unrounded p). With exact_bf16_probs, P = P_hi + P_lo, both
 //      bf16 (P_hi = P truncated to bf16, P_lo = bf16(P - P_hi)): two products
 //      that carry P to 2^-16, far below the bf16 rounding of o (measured at
