@@ -71,14 +71,17 @@ def attention_reference(
     row_max = s.max(axis=-1, keepdims=True) if seq_kv > 0 else np.full(s.shape[:-1] + (1,), -np.inf)
     empty = ~np.isfinite(row_max) & (row_max < 0)  # no visible key (or only -inf scores)
     row_max = np.where(empty, 0.0, row_max)
-    w = np.exp(s - row_max)  # exp(-inf) = 0 for hidden keys
+    # Shift by the largest of the scores and the sink, so neither exp overflows
+    # (a sink far above the scores: lse ~ sink, o ~ 0).
+    sink = None if sinks is None else np.asarray(sinks, dtype=np.float64)[None, :, None, None]
+    shift = row_max if sink is None else np.maximum(row_max, sink)
+    w = np.exp(s - shift)  # exp(-inf) = 0 for hidden keys
     total = w.sum(axis=-1, keepdims=True)
-    if sinks is not None:
-        sink = np.asarray(sinks, dtype=np.float64)[None, :, None, None]
-        total = total + np.exp(sink - row_max)
+    if sink is not None:
+        total = total + np.exp(sink - shift)
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.where(empty, 0.0, w / total)
-        lse = np.where(empty, -np.inf, row_max + np.log(total))[..., 0]
+        lse = np.where(empty, -np.inf, shift + np.log(total))[..., 0]
     o = np.einsum("bhij,bjhd->bihd", p, v)
     return o, lse
 

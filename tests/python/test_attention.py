@@ -336,3 +336,16 @@ def test_signature_and_docs():
     assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in list(params)[3:])
     assert "[batch, seq_q,  heads,    head_dim]" in qkv.attention.__doc__
     assert _qkv.attention.__doc__ and _qkv.view_info.__doc__
+
+
+def test_sink_far_above_the_scores():
+    # exp(sink - max score) overflows float64 here: the reference shifts by
+    # the larger of the two, so lse ~ sink and o ~ 0, as qkv gives.
+    q, k, v = make_qkv(1, 5, 7, 2, 2, 16, 16, "float32", seed=3)
+    sinks = np.array([800.0, -5.0], dtype=np.float32)
+    want_o, want_lse = attention_reference(q, k, v, sinks=sinks)
+    assert np.all(np.isfinite(want_lse)) and np.allclose(want_lse[:, 0], 800.0)
+    assert np.abs(want_o[:, :, 0]).max() < 1e-300
+    o, lse = qkv.attention(q, k, v, sinks=sinks, return_lse=True)
+    assert_close(o, want_o, "float32")
+    assert_lse_close(lse, want_lse)
