@@ -252,7 +252,7 @@ TEST_F(Amx, PagedBfloat16CacheWithUnequalLengths) {
   for (float& x : sinks) x = uniform(rng);
 
   for (bool with_sinks : {false, true}) {
-    const auto run = [&](Backend backend, bool amx, std::vector<float>& lse) {
+    const auto run = [&](Backend backend, bool amx, std::vector<float>& lse, bool exact = false) {
       std::vector<uint16_t> o(2 * seq_q * heads * 64);
       lse.assign(2 * heads * seq_q, 0.0f);
       KVCacheAttentionParams p;
@@ -263,20 +263,29 @@ TEST_F(Amx, PagedBfloat16CacheWithUnequalLengths) {
       p.cache = &cache;
       p.causal = true;
       p.backend = backend;
+      p.exact_bf16_probs = exact;
       internal::set_amx_enabled(amx);
       attention_with_kvcache(p);
       internal::set_amx_enabled(true);
       return o;
     };
-    std::vector<float> lse_ref, lse_amx, lse_fma;
+    std::vector<float> lse_ref, lse_amx, lse_fma, lse_exact;
     const std::vector<uint16_t> ref = run(Backend::kReference, true, lse_ref);
     const std::vector<uint16_t> amx = run(Backend::kFlash, true, lse_amx);
     const std::vector<uint16_t> fma = run(Backend::kFlash, false, lse_fma);
+    const std::vector<uint16_t> exact = run(Backend::kFlash, true, lse_exact, true);
+    int64_t amx_equal = 0, exact_equal = 0;  // elements equal to the rounded reference
     for (size_t i = 0; i < ref.size(); ++i) {
       const float want = internal::f32_from_bf16(ref[i]);
       ASSERT_NEAR(internal::f32_from_bf16(amx[i]), want, 2.0 / 256) << "o element " << i;
       ASSERT_NEAR(internal::f32_from_bf16(fma[i]), want, 2.0 / 256) << "o element " << i;
+      ASSERT_NEAR(internal::f32_from_bf16(exact[i]), want, 2.0 / 256) << "o element " << i;
+      amx_equal += amx[i] == ref[i];
+      exact_equal += exact[i] == ref[i];
     }
+    // exact_bf16_probs reaches the kernel through the cache's API: P carried
+    // in two terms gives the correctly rounded o far more often.
+    EXPECT_GT(exact_equal, amx_equal) << exact_equal << " vs " << amx_equal << " of " << ref.size();
     for (size_t i = 0; i < lse_ref.size(); ++i) {
       ASSERT_NEAR(lse_amx[i], lse_ref[i], 1e-5 * std::max(1.0f, std::fabs(lse_ref[i]))) << "lse " << i;
     }

@@ -116,6 +116,7 @@ struct KVCacheAttentionParams {
   int num_threads = 0;
   Backend backend = Backend::kAuto;  // kReference, or the fastest kernel for the shape
   int num_splits = 0;   // decode: chunks of the sequence per (batch, kv head); 0 = auto
+  bool exact_bf16_probs = false;  // as AttentionParams' (bfloat16 q over a bfloat16 cache)
 };
 
 void attention_with_kvcache(const KVCacheAttentionParams& params);

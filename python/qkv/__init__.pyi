@@ -117,6 +117,7 @@ def attention_with_kvcache(
     return_lse: Literal[False] = False,
     num_threads: Optional[int] = None,
     num_splits: int = 0,
+    exact_bf16_probs: bool = False,
 ) -> Array:
     """Appends k_new/v_new to the cache, then attends q over it; returns out
     [batch, seq_q, heads, head_dim_v]."""
@@ -138,6 +139,7 @@ def attention_with_kvcache(
     return_lse: Literal[True],
     num_threads: Optional[int] = None,
     num_splits: int = 0,
+    exact_bf16_probs: bool = False,
 ) -> Tuple[Array, Array]:
     """Appends k_new/v_new to the cache, then attends q over it; returns (out,
     lse [batch, heads, seq_q] float32)."""

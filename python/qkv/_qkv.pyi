@@ -119,6 +119,7 @@ def attention_with_kvcache(
     sinks: Optional[Any] = None,
     num_threads: int = 0,
     num_splits: int = 0,
+    exact_bf16_probs: bool = False,
 ) -> None:
     """Appends k_new/v_new (if given) to the cache, then attends q [batch,
     seq_q, heads, head_dim] over it into o [batch, seq_q, heads, head_dim_v] of

@@ -275,6 +275,7 @@ def attention_with_kvcache(
     return_lse: bool = False,
     num_threads: Optional[int] = None,
     num_splits: int = 0,
+    exact_bf16_probs: bool = False,
 ) -> Any:
     """Attention against a cache, as FlashAttention's ``flash_attn_with_kvcache``.
 
@@ -307,7 +308,7 @@ def attention_with_kvcache(
             head_dim_v must match).
         rope: a ``qkv.Rope`` to rotate q and k_new by, or None.
         causal, window, scale, softcap, alibi_slopes, sinks, return_lse,
-            num_threads: as in ``qkv.attention``.
+            num_threads, exact_bf16_probs: as in ``qkv.attention``.
         num_splits: decode chunks per (sequence, kv head); 0 = auto.
 
     Returns:
@@ -346,6 +347,7 @@ def attention_with_kvcache(
             sinks=sinks,
             num_threads=_arrays.threads(num_threads),
             num_splits=operator.index(num_splits),
+            exact_bf16_probs=bool(exact_bf16_probs),
         )
     return (out, lse) if return_lse else out
 

@@ -335,7 +335,8 @@ void attention_with_kvcache(const InArray& q, qkv::KVCache& cache, const OutArra
                             const std::optional<RopeArgs>& rope, bool causal,
                             std::pair<int64_t, int64_t> window, std::optional<float> scale,
                             float softcap, const std::optional<InArray>& alibi_slopes,
-                            const std::optional<InArray>& sinks, int num_threads, int num_splits) {
+                            const std::optional<InArray>& sinks, int num_threads, int num_splits,
+                            bool exact_bf16_probs) {
   qkv::KVCacheAttentionParams p;
   p.cache = &cache;
   p.q = view(q, "q", kStorage);
@@ -352,6 +353,7 @@ void attention_with_kvcache(const InArray& q, qkv::KVCache& cache, const OutArra
   if (sinks) p.sinks = view(*sinks, "sinks", kFloat32);
   p.num_threads = num_threads;
   p.num_splits = num_splits;
+  p.exact_bf16_probs = exact_bf16_probs;
 
   nb::gil_scoped_release release;
   qkv::attention_with_kvcache(p);
@@ -449,6 +451,7 @@ NB_MODULE(_qkv, m) {
         "rope"_a.none() = nb::none(), "causal"_a = false, "window"_a = no_window,
         "scale"_a.none() = nb::none(), "softcap"_a = 0.0f, "alibi_slopes"_a.none() = nb::none(),
         "sinks"_a.none() = nb::none(), "num_threads"_a = 0, "num_splits"_a = 0,
+        "exact_bf16_probs"_a = false,
         "Appends k_new/v_new (if given) to the cache, then attends q [batch, seq_q,\n"
         "heads, head_dim] over it into o [batch, seq_q, heads, head_dim_v] of q's dtype\n"
         "(and lse [batch, heads, seq_q] float32), allocated by the caller. rope is\n"

@@ -50,6 +50,7 @@ void attention_with_kvcache(const KVCacheAttentionParams& params) {
   dense.alibi_slopes = params.alibi_slopes;
   dense.sinks = params.sinks;
   dense.num_threads = params.num_threads;
+  dense.exact_bf16_probs = params.exact_bf16_probs;
   AttentionProblem problem = make_problem(dense);
   for (int64_t b = 0; params.rope && b < c.batch; ++b) {
     if (cache.lengths()[b] + n_new < seq_q) {

@@ -458,7 +458,7 @@ def test_signatures_and_docs():
     params = inspect.signature(qkv.attention_with_kvcache).parameters
     assert list(params) == ["q", "cache", "k_new", "v_new", "rope", "causal", "window", "scale",
                             "softcap", "alibi_slopes", "sinks", "return_lse", "num_threads",
-                            "num_splits"]
+                            "num_splits", "exact_bf16_probs"]
     assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in list(params)[4:])
     params = inspect.signature(qkv.attention_varlen).parameters
     assert list(params) == ["q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "causal", "causal_align",

@@ -263,3 +263,22 @@ def _cpu_has_amx_bf16():
             return any(line.startswith("flags") and " amx_bf16" in line for line in f)
     except OSError:
         return False
+
+
+def test_exact_bf16_probs_reaches_the_cache_prefill():
+    # bfloat16 queries over a bfloat16 cache, 32 rows per kv head (the flash
+    # kernel, AMX where present): the flag passes through attention_with_kvcache.
+    g = torch.Generator().manual_seed(5)
+    k, v = (torch.randn(1, 300, 1, 64, generator=g).bfloat16() for _ in range(2))
+    q = torch.randn(1, 8, 4, 64, generator=g).bfloat16()
+    cache = qkv.KVCache(1, 320, 1, 64, 64, dtype="bfloat16")
+    qkv.attention_with_kvcache(q[:, :0], cache, k, v)  # fills the cache, no queries
+    fast = qkv.attention_with_kvcache(q, cache, causal=True)
+    precise = qkv.attention_with_kvcache(q, cache, causal=True, exact_bf16_probs=True)
+    want = attention_reference(*(x.double().numpy() for x in (q, k, v)), causal=True)[0]
+    if torch.equal(fast, precise):
+        assert not _cpu_has_amx_bf16(), "exact_bf16_probs changed nothing on an AMX-BF16 CPU"
+        return
+    err_fast = np.abs(fast.double().numpy() - want).mean()
+    err_precise = np.abs(precise.double().numpy() - want).mean()
+    assert err_precise < 0.8 * err_fast, (err_precise, err_fast)
