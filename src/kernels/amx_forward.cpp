@@ -435,7 +435,7 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
     }
     for (int64_t r = cur.rows; r < kGroupRows; ++r) {  // padding rows: P = 0
       std::memset(w.p_hi[buf] + r * g.block_kv, 0, static_cast<size_t>(cur.n_pad) * 2);
-      std::memset(w.p_lo[buf] + r * g.block_kv, 0, static_cast<size_t>(cur.n_pad) * 2);
+      if (split) std::memset(w.p_lo[buf] + r * g.block_kv, 0, static_cast<size_t>(cur.n_pad) * 2);
       w.alpha[buf][r] = 1.0f;
     }
     tile_steps.Finish();
