@@ -17,10 +17,10 @@
 // streams while the block computes (fp16, 128K tokens, 2 threads: 27.4 ->
 // 24.6 ms, against the next block's K requested during the scores only).
 //
-// int8 caches compute in integer arithmetic where the CPU allows: on
-// AMX-INT8 tiles (decode_amx-inl.h: 16 keys per score tile, the block's 64
-// keys per P.V tile), else with AVX512-VNNI (decode_vnni-inl.h); the float
-// path otherwise. Both integer paths give the same bits.
+// int8 caches compute in integer arithmetic where the CPU allows: P.V with
+// AVX512-VNNI (decode_vnni-inl.h), the scores on AMX-INT8 tiles where
+// present (decode_amx-inl.h: 16 keys per tile), else with VNNI too; the
+// float path otherwise. Both score paths give the same bits.
 
 #include "kernels/decode.h"
 
@@ -149,11 +149,9 @@ struct DecodeScratch {
   hwy::AlignedFreeUniquePtr<AttentionProblem::TokenRows[]> k_token, v_token, k_next, v_next;
   hwy::AlignedFreeUniquePtr<TileRow[]> rows;
   hwy::AlignedFreeUniquePtr<Span[]> k_spans, v_spans;  // NextBlockPrefetch's
-  // The AMX-INT8 path's: q's B tiles [kv_heads][2 groups][head_dim / 64]
-  // [1 KiB]; a copy of 16 key rows; the weights' A tiles [2 groups][1 KiB];
-  // V's B tiles [4][1 KiB]; the tile stores' scratch.
-  hwy::AlignedFreeUniquePtr<int8_t[]> q_tiles, k_copy, v_tiles;
-  hwy::AlignedFreeUniquePtr<uint8_t[]> w_tiles;
+  // The AMX-INT8 scores': q's B tiles [kv_heads][2 groups][head_dim / 64]
+  // [1 KiB]; two copies of 16 key rows; the tile stores' scratch.
+  hwy::AlignedFreeUniquePtr<int8_t[]> q_tiles, k_copy;
   hwy::AlignedFreeUniquePtr<int32_t[]> tile_scratch;
   DecodeScratch(const AttentionProblem& p, const Layout& g)
       : q(hwy::AllocateAligned<float>(p.kv_heads * g.rows * p.head_dim)),
@@ -179,9 +177,7 @@ struct DecodeScratch {
         q_tiles(hwy::AllocateAligned<int8_t>(
             int8_only(p, p.kv_heads * 2 * CeilDiv(p.head_dim, 64) * 1024))),
         k_copy(hwy::AllocateAligned<int8_t>(int8_only(p, 2 * 16 * p.head_dim))),
-        v_tiles(hwy::AllocateAligned<int8_t>(int8_only(p, 4 * 1024))),
-        w_tiles(hwy::AllocateAligned<uint8_t>(int8_only(p, 2 * 1024))),
-        tile_scratch(hwy::AllocateAligned<int32_t>(int8_only(p, 1024))) {}
+        tile_scratch(hwy::AllocateAligned<int32_t>(int8_only(p, 512))) {}
 
   // n for an int8 cache, else 1 (the AMX buffers serve int8 only).
   static size_t int8_only(const AttentionProblem& p, int64_t n) {
@@ -256,9 +252,8 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
   [[maybe_unused]] constexpr bool vnni = false;
 #endif
 #if defined(QKV_HAVE_AMX_INT8) && HWY_TARGET == HWY_AVX3
-  const bool amx = kDtype == DType::kInt8 && p.head_dim % kAmxDims == 0 && p.head_dim <= 256 &&
-                   p.head_dim_v % kAmxColumns == 0 && g.rows <= 2 * kAmxRows &&
-                   decode_fixed_point_available() && amx_int8_enabled();
+  const bool amx = vnni_values && p.head_dim % kAmxDims == 0 && g.rows <= 2 * kAmxRows &&
+                   amx_int8_enabled();
   const AmxGroups amx_groups(g.rows, p.head_dim);
   std::optional<amx::ScopedTiles> tiles;
   if (amx) {
@@ -325,8 +320,7 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
     const int64_t value_keys = p.kv_heads * ValuePasses(g, N) * n;
     const int64_t per_value_key = (next.lines() - next.lines() / 2 + value_keys - 1) / value_keys;
     const int64_t k_head_bytes = w.k_token[0].head_bytes, v_head_bytes = w.v_token[0].head_bytes;
-    // (The AMX path reads V rows for all kBlock keys: their weights are 0.)
-    for (int64_t j = 0; j < (amx ? kBlock : RoundUp(n_pad, kKeyGroup)); ++j) {
+    for (int64_t j = 0; j < RoundUp(n_pad, kKeyGroup); ++j) {
       const AttentionProblem::TokenRows& kt = w.k_token[std::min(j, n - 1)];
       const AttentionProblem::TokenRows& vt = w.v_token[std::min(j, n - 1)];
       w.k_tokens[j] = kt.data;
@@ -402,14 +396,6 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
         }
       }
       const HeadRows v_rows{w.v_tokens.get(), kvh * v_head_bytes};
-#if defined(QKV_HAVE_AMX_INT8) && HWY_TARGET == HWY_AVX3
-      if (amx) {
-        HeadValuesAmx(amx_groups, n_pad, s, w.p16.get(), w.p16_scale.get(), v_rows, p.kv_heads,
-                      p.head_dim_v, w.alpha.get(), acc, g.dv_pad, w.w_tiles.get(), w.v_tiles.get(),
-                      w.tile_scratch.get(), next);
-        continue;
-      }
-#endif
 #if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
       if (vnni_values) {
         for (int64_t r = 0; r < g.rows; ++r) {

@@ -1,27 +1,24 @@
-// The decode kernel's products for int8 caches on AMX-INT8 (decode.cpp
-// chooses them at run time): the same integers as the AVX512-VNNI path
-// (decode_vnni-inl.h), q and the weights as 16-bit fixed point, each split
-// into two bytes so that the tile unit's byte products give them exactly:
+// The decode kernel's scores for int8 caches on AMX-INT8 (decode.cpp
+// chooses them at run time; P.V stays on AVX512-VNNI): the same integers as
+// the VNNI path (decode_vnni-inl.h), q as 16-bit fixed point split into two
+// bytes so that the tile unit's byte products give it exactly:
 //   q16 = 256 * hi + lo,  hi, lo in [-128, 127]  (q16 in [-32768, 32639])
-//   p16 = 256 * hi + lo,  hi in [0, 127], lo in [0, 255]
 // One tile product takes both halves at once: the hi rows and the lo rows of
-// one operand side by side, combined as 256 * hi + lo in int32 afterwards
-// (exact: |sum| < 2^31 for head_dim <= 256 and 64-key blocks). So the
-// results are the VNNI path's, bit for bit.
+// q side by side, combined as 256 * hi + lo in int32 afterwards (exact:
+// |sum| < 2^31 for head_dim <= 256). So the scores are the VNNI path's, bit
+// for bit.
 //
 // Tiles, all 16 rows x 64 bytes (R = rows per group, at most 8; a product
-// takes as long for 2R rows or columns as for 16, so the spare ones are
-// zeros and every tile can serve any operand):
-//   scores (16 keys): C = A.B, 16 keys x 16 int32 (columns 2R and up zero)
+// takes as long for 2R columns as for 16, so the spare ones are zeros):
+//   C = A.B, 16 keys x 16 int32 (columns 2R and up zero)
 //     C  tmm0, tmm6 alternately (one computes while the other is finished)
 //     A  tmm1, tmm2 for even and odd 64s of head_dim: 16 keys x 64 bytes of
 //        K, loaded straight from the cache (keys as rows: no transpose)
 //     B  tmm3, tmm4 likewise: 16 x (2R x 4 bytes), q's halves
-//   P.V (64 keys, 64 columns): C = A.B, 2R rows x 16 columns int32, four
-//     C  tmm0, tmm3, tmm4, tmm6
-//     A  tmm5: 2R rows x 64 keys, the weights' halves
-//     B  tmm1, tmm2, tmm7, tmm1: 16 key quads x 16 columns x 4 bytes: V,
-//        4 keys interleaved
+// P.V on tiles too (the weights split the same way, V interleaved by 4 keys
+// into B tiles per block) was 18-22% slower per step than VNNI's P.V at 32K
+// and 128K tokens: the V interleaving's stores stall the tile loads that
+// follow them, and the tile products of a 4-row group save little.
 // Only the AVX3 pass of foreach_target holds it, with AMX-TILE and AMX-INT8
 // added to that pass's target attributes for these functions alone.
 // Per-target code.
@@ -54,7 +51,6 @@ namespace decode_parts {
 inline constexpr int64_t kAmxRows = 8;       // rows per group: 2R <= 16 tile rows
 inline constexpr int64_t kAmxKeys = 16;      // keys per score tile
 inline constexpr int64_t kAmxDims = 64;      // head_dim per score product
-inline constexpr int64_t kAmxColumns = 64;   // V columns per 4 P.V products
 inline constexpr int64_t kAmxTileBytes = 1024;
 
 HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",amx-tile,amx-int8")
@@ -195,98 +191,6 @@ class ScoreTilePipe {
   int parity_ = 0;  // the tile the next Push issues into: 0 -> tmm0, 1 -> tmm6
 };
 
-// A tile of one group's weights: out[n][j] for keys j < 64, n < R: hi of
-// row n, R <= n < 2R: lo of row n - R; zero for rows past `rows` and keys
-// past n_pad.
-//   p16: [rows][kBlock] in [0, 32767]; n_pad % 16 == 0
-inline void PackWeightTile(const int16_t* HWY_RESTRICT p16, int64_t rows, int64_t group_rows,
-                           int64_t n_pad, uint8_t* HWY_RESTRICT out) {
-  std::memset(out, 0, kAmxTileBytes);
-  const __m256i low_byte = _mm256_set1_epi16(0xFF);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t j = 0; j < n_pad; j += 16) {
-      const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p16 + r * kBlock + j));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + r * 64 + j),
-                       _mm256_cvtepi16_epi8(_mm256_srli_epi16(p, 8)));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (group_rows + r) * 64 + j),
-                       _mm256_cvtepi16_epi8(_mm256_and_si256(p, low_byte)));
-    }
-  }
-}
-
-// B tiles of V columns [c, c + 64) for the block's 64 keys: out[m] =
-// [16 key quads][16][4 bytes], element n of quad i holding keys 4i .. 4i + 3
-// of column c + 16 (n / 4) + 4m + n % 4 (the order the byte and word
-// unpacks leave; AccumulateTilesAmx puts the columns back).
-//   v_rows: 64 rows (stand-ins past the block's keys: their weights are 0)
-// Per quad, `prefetch_per_quad` lines of the next block are requested.
-inline void PackValueTiles(HeadRows v_rows, int64_t c, int8_t* HWY_RESTRICT out,
-                           NextBlockPrefetch& prefetch, int64_t prefetch_per_quad) {
-  for (int64_t i = 0; i < kBlock / 4; ++i) {
-    prefetch.Issue(prefetch_per_quad);
-    const auto row = [&](int64_t j) {
-      return _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[4 * i + j]) + c);
-    };
-    const __m512i a = row(0), b = row(1), cc = row(2), d = row(3);
-    const __m512i ab_lo = _mm512_unpacklo_epi8(a, b), ab_hi = _mm512_unpackhi_epi8(a, b);
-    const __m512i cd_lo = _mm512_unpacklo_epi8(cc, d), cd_hi = _mm512_unpackhi_epi8(cc, d);
-    _mm512_storeu_si512(out + 0 * kAmxTileBytes + i * 64, _mm512_unpacklo_epi16(ab_lo, cd_lo));
-    _mm512_storeu_si512(out + 1 * kAmxTileBytes + i * 64, _mm512_unpackhi_epi16(ab_lo, cd_lo));
-    _mm512_storeu_si512(out + 2 * kAmxTileBytes + i * 64, _mm512_unpacklo_epi16(ab_hi, cd_hi));
-    _mm512_storeu_si512(out + 3 * kAmxTileBytes + i * 64, _mm512_unpackhi_epi16(ab_hi, cd_hi));
-  }
-}
-
-// acc[r][c, c + 64) = alpha_r * acc + p_scale_r * (P16 . V)[r] for one
-// group's rows, from the weight tile and PackValueTiles' tiles of columns c.
-//   scratch: 4 KiB
-inline void AccumulateTilesAmx(const uint8_t* weights, const int8_t* v_tiles, int64_t rows,
-                               int64_t group_rows, const float* HWY_RESTRICT alpha,
-                               const float* HWY_RESTRICT p_scale, float* HWY_RESTRICT acc,
-                               int64_t acc_stride, int64_t c, int32_t* HWY_RESTRICT scratch) {
-  amx::CompilerFence();
-  _tile_loadd(5, weights, 64);
-  _tile_zero(0);
-  _tile_zero(3);
-  _tile_zero(4);
-  _tile_zero(6);
-  _tile_loadd(1, v_tiles, 64);
-  _tile_loadd(2, v_tiles + kAmxTileBytes, 64);
-  _tile_loadd(7, v_tiles + 2 * kAmxTileBytes, 64);
-  _tile_dpbusd(0, 5, 1);
-  _tile_dpbusd(3, 5, 2);
-  _tile_dpbusd(4, 5, 7);
-  _tile_loadd(1, v_tiles + 3 * kAmxTileBytes, 64);
-  _tile_dpbusd(6, 5, 1);
-  _tile_stored(0, scratch, 64);
-  _tile_stored(3, scratch + 256, 64);
-  _tile_stored(4, scratch + 512, 64);
-  _tile_stored(6, scratch + 768, 64);
-  amx::CompilerFence();
-  for (int64_t r = 0; r < rows; ++r) {
-    __m512i t[4];  // lane 4L + f: column 16L + 4m + f
-    for (int m = 0; m < 4; ++m) {
-      const int32_t* out = scratch + m * 256;
-      t[m] = _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(out + 16 * r), 8),
-                              _mm512_loadu_si512(out + 16 * (group_rows + r)));
-    }
-    // 128-bit block L of t[m] holds columns 16L + 4m ..: a 4 x 4 transpose
-    // of blocks gives the columns in order.
-    const __m512i a = _mm512_shuffle_i32x4(t[0], t[1], 0x88);
-    const __m512i b = _mm512_shuffle_i32x4(t[0], t[1], 0xDD);
-    const __m512i e = _mm512_shuffle_i32x4(t[2], t[3], 0x88);
-    const __m512i f = _mm512_shuffle_i32x4(t[2], t[3], 0xDD);
-    const __m512i natural[4] = {_mm512_shuffle_i32x4(a, e, 0x88), _mm512_shuffle_i32x4(b, f, 0x88),
-                                _mm512_shuffle_i32x4(a, e, 0xDD), _mm512_shuffle_i32x4(b, f, 0xDD)};
-    const __m512 al = _mm512_set1_ps(alpha[r]), ps = _mm512_set1_ps(p_scale[r]);
-    float* o = acc + r * acc_stride + c;
-    for (int i = 0; i < 4; ++i) {
-      const __m512 old = _mm512_mul_ps(al, _mm512_loadu_ps(o + 16 * i));
-      _mm512_storeu_ps(o + 16 * i, _mm512_fmadd_ps(ps, _mm512_cvtepi32_ps(natural[i]), old));
-    }
-  }
-}
-
 // A kv head's rows in groups of at most kAmxRows (the last may be shorter;
 // its missing rows are zeros in the tiles).
 struct AmxGroups {
@@ -360,36 +264,6 @@ inline void BlockScoresAmx(const AmxGroups& a, const char* const* k_tokens, int6
     }
   }
   pipe.Finish();
-}
-
-// acc = alpha * acc + P.V over the block for one kv head's rows: the
-// weights (value scales folded in) as 16-bit fixed point per row, A tiles
-// per group, V's B tiles per 64 columns. The other half of the next block's
-// lines are requested per key quad.
-//   s: [rows][kBlock] weights, 0 past the block's keys; p16: [rows][kBlock]
-//   scratch; acc: [rows][acc_stride]; w_tiles: 2 KiB; v_tiles: 4 KiB;
-//   scratch: 4 KiB
-inline void HeadValuesAmx(const AmxGroups& a, int64_t n_pad, const float* s, int16_t* p16,
-                          float* p16_scale, HeadRows v_rows, int64_t kv_heads, int64_t head_dim_v,
-                          const float* alpha, float* acc, int64_t acc_stride, uint8_t* w_tiles,
-                          int8_t* v_tiles, int32_t* scratch, NextBlockPrefetch& next) {
-  for (int64_t r = 0; r < a.rows; ++r) {
-    QuantizeRow16(s + r * kBlock, n_pad, kWeight16Limit, p16 + r * kBlock, p16_scale[r]);
-  }
-  for (int64_t gi = 0; gi < a.groups; ++gi) {
-    PackWeightTile(p16 + gi * a.group_rows * kBlock, a.rows_of(gi), a.group_rows, n_pad,
-                   w_tiles + gi * kAmxTileBytes);
-  }
-  const int64_t quads = kv_heads * (head_dim_v / kAmxColumns) * (kBlock / 4);
-  const int64_t per_quad = (next.lines() - next.lines() / 2 + quads - 1) / quads;
-  for (int64_t c = 0; c < head_dim_v; c += kAmxColumns) {
-    PackValueTiles(v_rows, c, v_tiles, next, per_quad);
-    for (int64_t gi = 0; gi < a.groups; ++gi) {
-      const int64_t r0 = gi * a.group_rows;
-      AccumulateTilesAmx(w_tiles + gi * kAmxTileBytes, v_tiles, a.rows_of(gi), a.group_rows,
-                         alpha + r0, p16_scale + r0, acc + r0 * acc_stride, acc_stride, c, scratch);
-    }
-  }
 }
 
 #pragma GCC diagnostic pop
