@@ -125,6 +125,58 @@ def test_inference_mode_and_grad_free_tensors():
     assert not out.requires_grad
 
 
+class _Decoder(torch.nn.Module):
+    """A small pre-norm decoder (GQA attention, MLP) that calls
+    torch.nn.functional.scaled_dot_product_attention the way models do: looked
+    up at call time, so swapping the function swaps what the model runs."""
+
+    def __init__(self, dim=128, heads=8, kv_heads=2, layers=2):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.norms = torch.nn.ModuleList(torch.nn.LayerNorm(dim) for _ in range(2 * layers))
+        self.qkv = torch.nn.ModuleList(
+            torch.nn.Linear(dim, (heads + 2 * kv_heads) * self.head_dim) for _ in range(layers))
+        self.out = torch.nn.ModuleList(torch.nn.Linear(dim, dim) for _ in range(layers))
+        self.mlp = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(),
+                                torch.nn.Linear(4 * dim, dim)) for _ in range(layers))
+
+    def forward(self, x):
+        batch, seq, _ = x.shape
+        for i in range(len(self.qkv)):
+            split = [self.heads * self.head_dim, self.kv_heads * self.head_dim,
+                     self.kv_heads * self.head_dim]
+            q, k, v = self.qkv[i](self.norms[2 * i](x)).split(split, dim=-1)
+            q, k, v = (t.view(batch, seq, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            x = x + self.out[i](o.transpose(1, 2).reshape(batch, seq, -1))
+            x = x + self.mlp[i](self.norms[2 * i + 1](x))
+        return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swapped_into_a_model_gives_torchs_numbers(dtype, monkeypatch):
+    torch.manual_seed(0)
+    model = _Decoder().to(dtype).eval()
+    x = torch.randn(2, 37, 128).to(dtype)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    with torch.inference_mode():
+        expected = model(x)
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+        actual = model(x)
+    assert len(calls) == 2, "the model did not run qkv"
+    # Two layers' worth of each side's roundings: float32 differs by summation
+    # order only; bfloat16 by one rounding of o per layer, carried through the
+    # layers after it.
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=tol, atol=tol)
+
+
 # --- qkv.attention on tensors ------------------------------------------------
 
 
