@@ -10,6 +10,7 @@
 #define QKV_KERNELS_DECODE_PARTS_INL_H_
 #endif
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -119,13 +120,18 @@ class NextBlockPrefetch {
     }
     // Requests up to n lines; returns how many it did.
     HWY_INLINE int64_t Issue(int64_t n) {
-      int64_t i = 0;
-      for (; i < n && at < count; ++i) {
-        Prefetch<kToL2>(cur);
-        cur += 64;
-        if (cur >= spans[at].end && ++at < count) cur = spans[at].begin;
+      int64_t done = 0;
+      const char* c = cur;  // a local: the prefetches let the compiler keep it in a register
+      while (done < n && at < count) {
+        const char* end = spans[at].end;
+        const int64_t m = std::min<int64_t>(n - done, (end - c + 63) / 64);
+        for (int64_t i = 0; i < m; ++i) Prefetch<kToL2>(c + 64 * i);
+        c += 64 * m;
+        done += m;
+        if (c >= end && ++at < count) c = spans[at].begin;
       }
-      return i;
+      cur = c;
+      return done;
     }
   };
 
