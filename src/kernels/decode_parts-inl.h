@@ -43,12 +43,11 @@ struct HeadRows {
   const void* operator[](int64_t j) const { return base[j] + offset; }
 };
 
-enum PrefetchLevel { kToL1, kToL2 };
-// Software prefetch of one cache line (a no-op where the target has none).
-template <PrefetchLevel kLevel>
-HWY_INLINE void Prefetch(const char* p) {
+// Software prefetch of one cache line into L2 (where the target has no
+// such hint, Highway's prefetch).
+HWY_INLINE void PrefetchToL2(const char* p) {
 #if HWY_ARCH_X86
-  _mm_prefetch(p, kLevel == kToL1 ? _MM_HINT_T0 : _MM_HINT_T1);
+  _mm_prefetch(p, _MM_HINT_T1);
 #else
   hwy::Prefetch(p);
 #endif
@@ -125,7 +124,7 @@ class NextBlockPrefetch {
       while (done < n && at < count) {
         const char* end = spans[at].end;
         const int64_t m = std::min<int64_t>(n - done, (end - c + 63) / 64);
-        for (int64_t i = 0; i < m; ++i) Prefetch<kToL2>(c + 64 * i);
+        for (int64_t i = 0; i < m; ++i) PrefetchToL2(c + 64 * i);
         c += 64 * m;
         done += m;
         if (c >= end && ++at < count) c = spans[at].begin;
