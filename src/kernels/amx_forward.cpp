@@ -324,8 +324,9 @@ struct Item {
 };
 
 // The items of a task in order: key blocks (aligned to kKeyStep, covering
-// every visible key), then row groups; groups with no visible key of the
-// block are skipped.
+// every visible key), then row groups, each with the block's keys up to the
+// last one its rows see; groups with no visible key of the block are
+// skipped.
 class ItemWalk {
  public:
   ItemWalk(const Geometry& g, const TileRow* rows, int64_t n_rows, int64_t key_begin,
@@ -335,19 +336,15 @@ class ItemWalk {
 
   bool Next(Item& item) {
     for (; k0_ < key_end_; k0_ += block_kv_, r0_ = 0) {
-      const int64_t k1 = std::min(k0_ + block_kv_, key_end_);
+      const int64_t block_end = std::min(k0_ + block_kv_, key_end_);
       while (r0_ < n_rows_) {
         const int64_t r0 = r0_;
         const int64_t rows = std::min(kGroupRows, n_rows_ - r0);
         r0_ += kGroupRows;
-        bool any_visible = false, all_full = true;
-        for (int64_t r = r0; r < r0 + rows; ++r) {
-          const TileRow& row = rows_[r];
-          any_visible |= row.lo < k1 && row.hi >= k0_ && row.lo <= row.hi;
-          all_full &= row.lo <= k0_ && row.hi >= k1 - 1;
-        }
-        if (!any_visible) continue;
-        item = {k0_, k1 - k0_, RoundUp(k1 - k0_, kKeyStep), r0, rows, all_full};
+        const BlockKeys keys = RowsBlockKeys(rows_ + r0, rows, k0_, block_end);
+        if (keys.end == k0_) continue;
+        const int64_t n = keys.end - k0_;
+        item = {k0_, n, RoundUp(n, kKeyStep), r0, rows, keys.all_full};
         return true;
       }
     }

@@ -217,19 +217,16 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
 
   // 2. Key blocks, aligned to packed panels, covering every visible key.
   const bool plain = p.softcap == 0 && !p.has_alibi() && !p.has_mask();
+  //    Each panel takes the block's keys up to the last one its rows see.
   for (int64_t k0 = key_begin / g.key_panel * g.key_panel; k0 < key_end; k0 += g.block_kv) {
-    const int64_t k1 = std::min(k0 + g.block_kv, key_end);
-    const int64_t n = k1 - k0;
-    const int64_t n_pad = RoundUp(n, g.key_panel);
+    const int64_t block_end = std::min(k0 + g.block_kv, key_end);
     for (int64_t r0 = 0; r0 < n_rows; r0 += kMaxPanelRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kMaxPanelRows, n_rows - r0));
-      bool any_visible = false, all_full = true;
-      for (int r = 0; r < rows; ++r) {
-        const TileRow& row = w.rows[r0 + r];
-        any_visible |= row.lo < k1 && row.hi >= k0 && row.lo <= row.hi;
-        all_full &= row.lo <= k0 && row.hi >= k1 - 1;
-      }
-      if (!any_visible) continue;
+      const BlockKeys panel_keys = RowsBlockKeys(w.rows.get() + r0, rows, k0, block_end);
+      if (panel_keys.end == k0) continue;  // no row of the panel sees a key of the block
+      const bool all_full = panel_keys.all_full;
+      const int64_t n = panel_keys.end - k0;
+      const int64_t n_pad = RoundUp(n, g.key_panel);
       float* s = w.s.get();
       WithPanelRows(rows, [&](auto kRows) {
         for (int64_t j = 0; j < n_pad; j += g.key_panel) {

@@ -60,6 +60,30 @@ struct KeyRange {
   int64_t end = 0;
 };
 
+// The keys of a block [k0, block_end) that a group of rows needs: [k0, end),
+// end the last key some row sees plus one (k0 when no row sees any), and
+// whether every row sees every one of them. With a causal mask the first
+// rows of a tile see fewer keys than its last; keys past `end` would only
+// give -inf scores, their exp and their share of P.V.
+struct BlockKeys {
+  int64_t end = 0;
+  bool all_full = true;
+};
+HWY_INLINE BlockKeys RowsBlockKeys(const TileRow* HWY_RESTRICT rows, int64_t n_rows, int64_t k0,
+                                   int64_t block_end) {
+  BlockKeys keys{k0, true};
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const TileRow& row = rows[r];
+    if (row.lo <= row.hi && row.lo < block_end && row.hi >= k0) {
+      keys.end = std::max(keys.end, std::min(block_end, row.hi + 1));
+    }
+  }
+  for (int64_t r = 0; r < n_rows; ++r) {
+    keys.all_full &= rows[r].lo <= k0 && rows[r].hi >= keys.end - 1;
+  }
+  return keys;
+}
+
 // The n_rows rows of a tile of (batch b, kv head kvh) from query position q0,
 // the GQA group stacked: row r is position q0 + r / group of query head
 // kvh * group + r % group. Returns the union of their visible intervals.
