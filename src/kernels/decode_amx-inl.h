@@ -16,9 +16,10 @@
 //        K, loaded straight from the cache (keys as rows: no transpose)
 //     B  tmm3, tmm4 likewise: 16 x (2R x 4 bytes), q's halves
 // P.V on tiles too (the weights split the same way, V interleaved by 4 keys
-// into B tiles per block) was 18-22% slower per step than VNNI's P.V at 32K
-// and 128K tokens: the V interleaving's stores stall the tile loads that
-// follow them, and the tile products of a 4-row group save little.
+// into B tiles per block) made a step take 22-26% longer than with VNNI's
+// P.V at 32K and 128K tokens: the V interleaving's stores stall the tile
+// loads that follow them, and the tile products of a 4-row group save
+// little.
 // Only the AVX3 pass of foreach_target holds it, with AMX-TILE and AMX-INT8
 // added to that pass's target attributes for these functions alone.
 // Per-target code.
