@@ -45,6 +45,7 @@
 #include "kernels/convert-inl.h"
 #include "kernels/microkernel-inl.h"
 #include "kernels/online_softmax-inl.h"
+#include "kernels/transpose-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace qkv::internal {
@@ -130,7 +131,18 @@ void PackPanel(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t 
     }
   }
   float* panel = kt + (jp / kp) * p.head_dim * kp;
-  for (int64_t c = 0; c < p.head_dim; ++c) {
+  int64_t c0 = 0;  // columns below c0 are done
+#if HWY_TARGET == HWY_AVX3
+  // 16 x 16 blocks in registers (kp = 32 here): the scalar loop below
+  // moves one float per instruction.
+  for (; c0 + 16 <= p.head_dim; c0 += 16) {
+    for (int64_t l = 0; l < kp; l += 16) {
+      Transpose16x16(reinterpret_cast<const uint32_t*>(rows + l * p.head_dim + c0), p.head_dim,
+                     reinterpret_cast<uint32_t*>(panel + c0 * kp + l), kp);
+    }
+  }
+#endif
+  for (int64_t c = c0; c < p.head_dim; ++c) {
     for (int64_t l = 0; l < kp; ++l) panel[c * kp + l] = rows[l * p.head_dim + c];
   }
   // V in column panels: columns [c, c + w) of every key stored together as

@@ -1,6 +1,6 @@
 // A 16 x 16 transpose of 32-bit elements in AVX-512 registers, for the
-// kernels that lay data out for tile products (amx_forward.cpp packs keys,
-// the AMX decode path turns a tile of scores around). Per-target code: only
+// kernels that lay data out (amx_forward.cpp and flash_forward.cpp pack
+// keys, the AMX decode path turns a tile of scores around). Per-target code: only
 // the AVX3 pass of foreach_target defines it.
 
 #if defined(QKV_KERNELS_TRANSPOSE_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -22,7 +22,8 @@ namespace qkv::internal {
 namespace HWY_NAMESPACE {
 
 // dst[i][n] = src[n][i] for a 16 x 16 block of 32-bit elements:
-//   src: 16 rows of 16 at src_stride elements; dst: [16][16] contiguous.
+//   src: 16 rows of 16 at src_stride elements; dst: 16 rows of 16 at
+//   dst_stride elements (16: contiguous).
 // Pairs of rows interleaved (32-bit, then 64-bit), which leaves 4 x 4
 // blocks transposed within each 128-bit lane, then the lanes of every four
 // vectors transposed.
@@ -31,7 +32,7 @@ namespace HWY_NAMESPACE {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 HWY_INLINE void Transpose16x16(const uint32_t* HWY_RESTRICT src, int64_t src_stride,
-                               uint32_t* HWY_RESTRICT dst) {
+                               uint32_t* HWY_RESTRICT dst, int64_t dst_stride = 16) {
   __m512i r[16], a[16];
   for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + i * src_stride);
   for (int k = 0; k < 8; ++k) {
@@ -50,10 +51,10 @@ HWY_INLINE void Transpose16x16(const uint32_t* HWY_RESTRICT src, int64_t src_str
     const __m512i hi01 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xEE);
     const __m512i lo23 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x44);
     const __m512i hi23 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xEE);
-    _mm512_storeu_si512(dst + 16 * c, _mm512_shuffle_i32x4(lo01, lo23, 0x88));
-    _mm512_storeu_si512(dst + 16 * (4 + c), _mm512_shuffle_i32x4(lo01, lo23, 0xDD));
-    _mm512_storeu_si512(dst + 16 * (8 + c), _mm512_shuffle_i32x4(hi01, hi23, 0x88));
-    _mm512_storeu_si512(dst + 16 * (12 + c), _mm512_shuffle_i32x4(hi01, hi23, 0xDD));
+    _mm512_storeu_si512(dst + dst_stride * c, _mm512_shuffle_i32x4(lo01, lo23, 0x88));
+    _mm512_storeu_si512(dst + dst_stride * (4 + c), _mm512_shuffle_i32x4(lo01, lo23, 0xDD));
+    _mm512_storeu_si512(dst + dst_stride * (8 + c), _mm512_shuffle_i32x4(hi01, hi23, 0x88));
+    _mm512_storeu_si512(dst + dst_stride * (12 + c), _mm512_shuffle_i32x4(hi01, hi23, 0xDD));
   }
 }
 #pragma GCC diagnostic pop
