@@ -227,9 +227,9 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
   }
   std::fill(w.o.get(), w.o.get() + n_rows * g.dv_pad, 0.0f);
 
-  // 2. Key blocks, aligned to packed panels, covering every visible key.
+  // 2. Key blocks, aligned to packed panels, covering every visible key;
+  //    each panel takes a block's keys up to the last one its rows see.
   const bool plain = p.softcap == 0 && !p.has_alibi() && !p.has_mask();
-  //    Each panel takes the block's keys up to the last one its rows see.
   for (int64_t k0 = key_begin / g.key_panel * g.key_panel; k0 < key_end; k0 += g.block_kv) {
     const int64_t block_end = std::min(k0 + g.block_kv, key_end);
     for (int64_t r0 = 0; r0 < n_rows; r0 += kMaxPanelRows) {
