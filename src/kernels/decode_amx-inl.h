@@ -37,7 +37,6 @@
 
 #include "hwy/highway.h"
 #include "kernels/decode_parts-inl.h"
-#include "kernels/decode_vnni-inl.h"
 #include "kernels/amx_scope.h"
 #include "kernels/transpose-inl.h"
 
