@@ -217,6 +217,17 @@ TEST_F(Amx, LongSequencesInSeveralPackRounds) {
              Case().seq_q(70).seq_kv(4200).heads(4).kv_heads(2).head_dim(256).causal().seed(702)});
 }
 
+TEST_F(Amx, OnePairPerTaskWithManySmallHeads) {
+  // 8 or more (batch, kv head) pairs per thread, each small: every thread
+  // packs a pair into its own slot and runs the pair's tiles (run_pairs).
+  check_all({Case().batch(3).seq_q(45).seq_kv(70).heads(16).kv_heads(8).head_dim(64).causal()
+                 .threads(2).seed(710),
+             Case().batch(2).seq(40).heads(12).head_dim(32).tiles(4, 32).sinks().threads(2)
+                 .seed(711),
+             Case().seq_q(20).seq_kv(90).heads(27).head_dim(80).window(7, 2).threads(3)
+                 .seed(712)});
+}
+
 TEST_F(Amx, PagedBfloat16CacheWithUnequalLengths) {
   // Prefill chunks of bfloat16 queries over a paged bfloat16 cache (pages
   // shuffled, one length per sequence): the kernel reads K/V rows through
@@ -379,6 +390,8 @@ TEST_F(Amx, ThreadCountsGiveBitwiseIdenticalResults) {
       Case().batch(2).seq_q(70).seq_kv(90).heads(4).kv_heads(2).head_dim(32).causal(),
       Case().seq(200).heads(8).kv_heads(1).head_dim(80).tiles(4, 32).sinks().alibi(),
       Case().batch(3).seq_q(33).seq_kv(17).heads(3).bool_mask({33, 17}, 0.5),
+      // 16-24 pairs: one pair per task with 2 and 3 threads (run_pairs).
+      Case().batch(3).seq_q(40).seq_kv(57).heads(16).kv_heads(8).head_dim(32).causal(),
   };
   for (const Case& base : cases) {
     const Case c = Case(base).dtype(DType::kBFloat16);

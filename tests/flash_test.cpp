@@ -363,6 +363,16 @@ TEST(Flash, BatchGreaterThanOne) {
   });
 }
 
+TEST(Flash, OnePairPerTaskWithManySmallHeads) {
+  // 8 or more (batch, kv head) pairs per thread, each small: every thread
+  // packs a pair into its own slot and runs the pair's tiles (run_pairs).
+  check_all({
+      Case().batch(3).seq_q(45).seq_kv(70).heads(16).kv_heads(8).head_dim(40).causal().threads(2),
+      Case().batch(2).seq(33).heads(12).head_dim(16).tiles(kBlockQ, kBlockKv).sinks().threads(2),
+      Case().seq_q(20).seq_kv(90).heads(27).head_dim(24).window(7, 2).alibi().threads(3),
+  });
+}
+
 TEST(Flash, LargeLogitsMatchTheReference) {
   // A naive exp(s) overflows from s ~ 89; these reach 1e4 in magnitude.
   std::vector<Case> cases;
@@ -480,6 +490,8 @@ TEST(Flash, ThreadCountsGiveBitwiseIdenticalResults) {
       Case().seq(64).heads(8).kv_heads(1).head_dim(16).tiles(kBlockQ, kBlockKv).sinks().alibi(),
       Case().batch(3).seq_q(33).seq_kv(17).heads(3).bool_mask({33, 17}, 0.5),
       Case().batch(2).seq(50).heads(4).kv_heads(2).dtype(DType::kFloat16).causal(),
+      // 16-24 pairs: one pair per task with 2 and 3 threads (run_pairs).
+      Case().batch(3).seq_q(40).seq_kv(57).heads(16).kv_heads(8).head_dim(32).causal(),
   };
   struct Restore {
     ~Restore() { internal::flash_force_target(0); }

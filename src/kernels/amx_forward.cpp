@@ -454,12 +454,13 @@ void AmxFlashForward(const AttentionProblem& p) {
   if (p.batch == 0 || p.seq_q == 0) return;
   const Geometry g(p);
   const int64_t thread_bytes = Scratch(g, nullptr).bytes;
-  const int64_t pairs = p.batch * p.kv_heads;
   const int64_t head_elems = g.k_elems + g.v_elems;
-  const int64_t pack_bytes = RoundUp(g.heads_per_round * head_elems * 2, 64);
+  const bool per_task = pair_per_task(p, head_elems * 2);
   const int threads = std::max(1, p.num_threads);
+  const int64_t slots = per_task ? threads : g.heads_per_round;
+  const int64_t pack_bytes = RoundUp(slots * head_elems * 2, 64);
   // One buffer (allocated before the parallel region, so std::bad_alloc
-  // reaches the caller): the packed K/V of a round, then each thread's scratch.
+  // reaches the caller): the pack slots (run_pairs), then each thread's scratch.
   const ScratchLease lease =
       acquire_scratch(static_cast<size_t>((pack_bytes + threads * thread_bytes) / 4));
   uint16_t* const pack = reinterpret_cast<uint16_t*>(lease.data);
@@ -470,22 +471,16 @@ void AmxFlashForward(const AttentionProblem& p) {
     ScopedFlushDenormals flush_denormals;
     amx::ScopedTiles tiles;
     Scratch scratch(g, scratch_base + omp_get_thread_num() * thread_bytes);
-    for (int64_t first = 0; first < pairs; first += g.heads_per_round) {
-      const int64_t round = std::min(g.heads_per_round, pairs - first);
-      const PackTasks pack_tasks(p, first, round, kPackChunkKeys, kKeyStep);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < pack_tasks.size(); ++t) {
-        const PackTasks::Task task = pack_tasks[t];
-        PackKeys(p, g, task.batch, task.head_begin, task.head_end, task.key_begin, task.key_end,
-                 pack + task.slot * head_elems, head_elems, scratch.pack_rows);
-      }
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < round * g.q_tiles; ++t) {
-        const TileTask task = tile_task(p, first, g.q_tiles, t);
-        const uint16_t* base = pack + task.slot * head_elems;
-        RunTile(p, g, task.batch, task.kv_head, task.tile, base, base + g.k_elems, scratch);
-      }
-    }
+    run_pairs(
+        p, per_task, g.heads_per_round, g.q_tiles, kPackChunkKeys, kKeyStep,
+        [&](int64_t b, int64_t h0, int64_t h1, int64_t j0, int64_t j1, int64_t slot) {
+          PackKeys(p, g, b, h0, h1, j0, j1, pack + slot * head_elems, head_elems,
+                   scratch.pack_rows);
+        },
+        [&](int64_t b, int64_t h, int64_t tile, int64_t slot) {
+          const uint16_t* base = pack + slot * head_elems;
+          RunTile(p, g, b, h, tile, base, base + g.k_elems, scratch);
+        });
   }
 }
 

@@ -1,8 +1,9 @@
 // Flash forward: tiles of query rows x key blocks with an online softmax, so
 // the seq_q x seq_kv score matrix never exists.
 //
-// Loop order, for each round of (batch, kv head) pairs whose packed K/V fit
-// the pack budget:
+// Loop order (run_pairs): many small (batch, kv head) pairs take one pair per
+// task (pack it, then all of its tiles, on one thread); otherwise, for each
+// round of pairs whose packed K/V fit the pack budget:
 //   1. pack K^T as [seq_kv / 2N][head_dim][2N] and V as column panels
 //      [head_dim_v / 2N][seq_kv][2N] (head_dim_v rounded up to N), converted
 //      to float32, once per (batch, kv head);
@@ -280,33 +281,27 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
 void FlashForwardImpl(const AttentionProblem& p) {
   if (p.batch == 0 || p.seq_q == 0) return;
   const Geometry g(p);
-  const int64_t pairs = p.batch * p.kv_heads;
   const int64_t head_floats = g.k_floats + g.v_floats;
+  const bool per_task = pair_per_task(p, head_floats * 4);
+  const int64_t slots = per_task ? p.num_threads : g.heads_per_round;
   // Allocated before the parallel region, so std::bad_alloc reaches the caller.
-  const ScratchLease pack_lease =
-      acquire_scratch(static_cast<size_t>(g.heads_per_round * head_floats));
+  const ScratchLease pack_lease = acquire_scratch(static_cast<size_t>(slots * head_floats));
   float* const pack = pack_lease.data;
 
 #pragma omp parallel num_threads(p.num_threads)
   {
     ScopedFlushDenormals flush_denormals;
     Scratch scratch(p, g);
-    for (int64_t first = 0; first < pairs; first += g.heads_per_round) {
-      const int64_t round = std::min(g.heads_per_round, pairs - first);
-      const PackTasks pack_tasks(p, first, round, kPackChunkKeys, g.key_panel);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < pack_tasks.size(); ++t) {
-        const PackTasks::Task task = pack_tasks[t];
-        PackKeys(p, g, task.batch, task.head_begin, task.head_end, task.key_begin, task.key_end,
-                 pack + task.slot * head_floats, head_floats, scratch.row.get());
-      }
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < round * g.q_tiles; ++t) {
-        const TileTask task = tile_task(p, first, g.q_tiles, t);
-        const float* base = pack + task.slot * head_floats;
-        RunTile(p, g, task.batch, task.kv_head, task.tile, base, base + g.k_floats, scratch);
-      }
-    }
+    run_pairs(
+        p, per_task, g.heads_per_round, g.q_tiles, kPackChunkKeys, g.key_panel,
+        [&](int64_t b, int64_t h0, int64_t h1, int64_t j0, int64_t j1, int64_t slot) {
+          PackKeys(p, g, b, h0, h1, j0, j1, pack + slot * head_floats, head_floats,
+                   scratch.row.get());
+        },
+        [&](int64_t b, int64_t h, int64_t tile, int64_t slot) {
+          const float* base = pack + slot * head_floats;
+          RunTile(p, g, b, h, tile, base, base + g.k_floats, scratch);
+        });
   }
 }
 
