@@ -153,15 +153,21 @@ HWY_INLINE void ApplyScoreOptions(D d, const AttentionProblem& p, const ScoreUni
     }
   }
   if (interval_mask || n < n_pad) {
-    // Keep k0 + j in [lo, hi] and j < n: j in [lo - k0, min(hi - k0, n - 1)].
-    const float first = static_cast<float>(row.lo - k0);
-    const float last = static_cast<float>(std::min(row.hi - k0, n - 1));
-    const V vfirst = hn::Set(d, first), vlast = hn::Set(d, last);
-    for (int64_t j = 0; j < n_pad; j += N) {
+    // Keep k0 + j in [lo, hi] and j < n: j in [first, last]. Only the vectors
+    // holding a column outside are touched: those below first's vector end,
+    // then those from last + 1's vector on (under a causal mask, a row's
+    // last block is mostly visible).
+    const int64_t first = row.lo - k0, last = std::min(row.hi - k0, n - 1);
+    const V vfirst = hn::Set(d, static_cast<float>(first));
+    const V vlast = hn::Set(d, static_cast<float>(last));
+    const auto mask_vector = [&](int64_t j) {
       const V idx = hn::Iota(d, static_cast<float>(j));
       const auto outside = hn::Or(idx < vfirst, idx > vlast);
       hn::Store(hn::IfThenElse(outside, neg_inf, hn::Load(d, s + j)), d, s + j);
-    }
+    };
+    int64_t j = 0;
+    for (; j < n_pad && j < first; j += N) mask_vector(j);
+    for (j = std::max(j, std::max<int64_t>(0, last + 1) / N * N); j < n_pad; j += N) mask_vector(j);
   }
 }
 
