@@ -110,7 +110,8 @@ HWY_NOINLINE void ScoreKeys(D d, const float* HWY_RESTRICT q, int64_t head_dim,
 
 // acc[r][c, c + kVecs*N) = alpha_r * acc + sum_j p[r][j] * v_j[c, ...)
 // (int8: p already carries the value rows' scales).
-// Per key, `prefetch_per_key` lines of the next block are requested.
+// Per key, `prefetch_per_key` lines of the next block are requested (in
+// batches of kKeysPerRequest keys).
 template <DType kDtype, int kRows, int kVecs, class D>
 HWY_INLINE void ValueBlock(D d, const float* HWY_RESTRICT p, HeadRows v_rows,
                            int64_t n, int64_t c, const float* HWY_RESTRICT alpha,
@@ -123,13 +124,15 @@ HWY_INLINE void ValueBlock(D d, const float* HWY_RESTRICT p, HeadRows v_rows,
     const V a = hn::Set(d, alpha[r]);
     for (int v = 0; v < kVecs; ++v) o[r][v] = hn::Mul(a, hn::Load(d, acc + r * acc_stride + c + v * N));
   }
-  for (int64_t j = 0; j < n; ++j) {
-    prefetch.Issue(prefetch_per_key);
-    V vj[kVecs];
-    for (int v = 0; v < kVecs; ++v) vj[v] = LoadAsFloat<kDtype>(d, v_rows[j], c + v * N);
-    for (int r = 0; r < kRows; ++r) {
-      const V pr = hn::Set(d, p[r * kBlock + j]);
-      for (int v = 0; v < kVecs; ++v) o[r][v] = hn::MulAdd(pr, vj[v], o[r][v]);
+  for (int64_t j0 = 0; j0 < n; j0 += kKeysPerRequest) {
+    prefetch.Issue(kKeysPerRequest * prefetch_per_key);
+    for (int64_t j = j0; j < std::min(n, j0 + kKeysPerRequest); ++j) {
+      V vj[kVecs];
+      for (int v = 0; v < kVecs; ++v) vj[v] = LoadAsFloat<kDtype>(d, v_rows[j], c + v * N);
+      for (int r = 0; r < kRows; ++r) {
+        const V pr = hn::Set(d, p[r * kBlock + j]);
+        for (int v = 0; v < kVecs; ++v) o[r][v] = hn::MulAdd(pr, vj[v], o[r][v]);
+      }
     }
   }
   for (int r = 0; r < kRows; ++r) {

@@ -31,6 +31,10 @@ namespace hn = hwy::HWY_NAMESPACE;
 inline constexpr int64_t kBlock = 64;  // keys per block
 inline constexpr int kKeyGroup = 4;    // keys per pass over the q rows
 inline constexpr int kValueRows = 4;   // rows per pass over a V block
+// Keys of a P.V pass per batch of next-block prefetch requests: a request
+// per key made the pass's scalar bookkeeping (on the ports the FMAs use)
+// as long as its arithmetic.
+inline constexpr int64_t kKeysPerRequest = 8;
 // Rows per pass over a group of K rows: kScoreRows x kKeyGroup accumulators
 // plus kKeyGroup key vectors must fit the register file.
 inline constexpr int kScoreRows = kMaxPanelRows == 12 ? 4 : 2;

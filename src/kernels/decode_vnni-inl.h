@@ -123,7 +123,7 @@ HWY_INLINE void ValueBlockVnni(const int16_t* HWY_RESTRICT p16, const float* HWY
     for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_setzero_si512();
   }
   for (int64_t j = 0; j < n; j += 2) {
-    prefetch.Issue(2 * prefetch_per_key);
+    if (j % kKeysPerRequest == 0) prefetch.Issue(kKeysPerRequest * prefetch_per_key);
     const __m512i a = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j]) + c);
     const __m512i b = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j + 1]) + c);
     const __m512i lo = _mm512_unpacklo_epi8(a, b), hi = _mm512_unpackhi_epi8(a, b);
