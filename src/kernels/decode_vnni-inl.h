@@ -122,20 +122,22 @@ HWY_INLINE void ValueBlockVnni(const int16_t* HWY_RESTRICT p16, const float* HWY
   for (int r = 0; r < kRows; ++r) {
     for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_setzero_si512();
   }
-  for (int64_t j = 0; j < n; j += 2) {
-    if (j % kKeysPerRequest == 0) prefetch.Issue(kKeysPerRequest * prefetch_per_key);
-    const __m512i a = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j]) + c);
-    const __m512i b = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j + 1]) + c);
-    const __m512i lo = _mm512_unpacklo_epi8(a, b), hi = _mm512_unpackhi_epi8(a, b);
-    const __m512i v[4] = {_mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo)),
-                          _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(lo, 1)),
-                          _mm512_cvtepi8_epi16(_mm512_castsi512_si256(hi)),
-                          _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(hi, 1))};
-    for (int r = 0; r < kRows; ++r) {
-      int32_t pair;
-      std::memcpy(&pair, p16 + r * kBlock + j, sizeof(pair));
-      const __m512i pr = _mm512_set1_epi32(pair);
-      for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_dpwssd_epi32(sum[r][i], pr, v[i]);
+  for (int64_t j0 = 0; j0 < n; j0 += kKeysPerRequest) {
+    prefetch.Issue(kKeysPerRequest * prefetch_per_key);
+    for (int64_t j = j0; j < std::min(n, j0 + kKeysPerRequest); j += 2) {
+      const __m512i a = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j]) + c);
+      const __m512i b = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j + 1]) + c);
+      const __m512i lo = _mm512_unpacklo_epi8(a, b), hi = _mm512_unpackhi_epi8(a, b);
+      const __m512i v[4] = {_mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo)),
+                            _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(lo, 1)),
+                            _mm512_cvtepi8_epi16(_mm512_castsi512_si256(hi)),
+                            _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(hi, 1))};
+      for (int r = 0; r < kRows; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, p16 + r * kBlock + j, sizeof(pair));
+        const __m512i pr = _mm512_set1_epi32(pair);
+        for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_dpwssd_epi32(sum[r][i], pr, v[i]);
+      }
     }
   }
   for (int r = 0; r < kRows; ++r) {
