@@ -68,7 +68,7 @@ KVCache make_cache(const CacheSpec& s, uint32_t seed) {
 // returns o (float32).
 std::vector<float> attend(KVCache& cache, const CacheSpec& s, const std::vector<float>& q,
                           int64_t seq_q, Backend backend, int num_splits = 0,
-                          std::vector<float>* lse = nullptr) {
+                          std::vector<float>* lse = nullptr, int num_threads = 0) {
   std::vector<float> o(static_cast<size_t>(s.batch * seq_q * s.heads * s.head_dim_v), -7.0f);
   KVCacheAttentionParams p;
   p.q = bshd(q, s.batch, seq_q, s.heads, s.head_dim);
@@ -81,6 +81,7 @@ std::vector<float> attend(KVCache& cache, const CacheSpec& s, const std::vector<
   p.causal = true;
   p.backend = backend;
   p.num_splits = num_splits;
+  p.num_threads = num_threads;
   attention_with_kvcache(p);
   return o;
 }
@@ -219,6 +220,42 @@ TEST(KVCache, PerSequenceLengthsEqualSeparateCaches) {
   const std::vector<float> q1(q.begin() + s.heads * s.head_dim, q.begin() + 2 * s.heads * s.head_dim);
   const auto o1 = attend(single, one, q1, 1, Backend::kDecode, 2);
   EXPECT_TRUE(bitwise_equal(o1, std::vector<float>(o.begin() + row, o.begin() + 2 * row)));
+}
+
+TEST(KVCache, FlashOverUnequalLengthsWithManyPairsMatchesOneThread) {
+  // A prefill chunk over a paged cache with one length per sequence and 16
+  // (sequence, kv head) pairs: with 2 and 3 threads the flash kernels take
+  // one pair per task (run_pairs), with 1 thread rounds of shared packing.
+  // Both give the same bits, and the reference's result within the rule.
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    CacheSpec s;
+    s.batch = 4;
+    s.kv_heads = 4;
+    s.heads = 8;
+    s.head_dim = s.head_dim_v = 64;
+    s.page_size = 16;
+    s.shuffle_pages = true;
+    s.dtype = dtype;
+    KVCache cache = make_cache(s, 31);
+    cache.set_lengths({300, 17, 0, 150});
+    const int64_t seq_q = 5;
+    std::vector<float> q = random_floats(s.batch * seq_q * s.heads * s.head_dim, 32);
+    std::vector<float> want_lse, lse;
+    const auto want = attend(cache, s, q, seq_q, Backend::kFlash, 0, &want_lse, 1);
+    for (int threads : {2, 3}) {
+      SCOPED_TRACE(testing::Message() << dtype_name(dtype) << ", " << threads << " threads");
+      const auto got = attend(cache, s, q, seq_q, Backend::kFlash, 0, &lse, threads);
+      EXPECT_TRUE(bitwise_equal(got, want));
+      EXPECT_TRUE(bitwise_equal(lse, want_lse));
+    }
+    // Sequence 2 holds nothing: o = 0 and lse = -inf, whatever the schedule.
+    const int64_t row = seq_q * s.heads * s.head_dim_v;
+    for (int64_t i = 2 * row; i < 3 * row; ++i) ASSERT_EQ(want[i], 0.0f);
+    // Sequence 1 (17 keys) against the decode kernel, within float32's rule
+    // for the rows' few keys (both accumulate in float32).
+    const auto decode = attend(cache, s, q, seq_q, Backend::kDecode, 0, nullptr, 2);
+    for (int64_t i = row; i < 2 * row; ++i) ASSERT_NEAR(want[i], decode[i], 1e-5) << i;
+  }
 }
 
 // RoPE written independently: pairs and angles straight from the definition.
