@@ -12,10 +12,11 @@
 // converted in registers (one pass over each K row serves all R rows), the
 // options and online softmax of online_softmax-inl.h, then P.V per kv head
 // with the V rows of the block (16 KiB at head_dim_v 128 in float16: stays
-// in L1 across the column chunks) streamed the same way. Meanwhile the next block's K and
-// V are requested into L2 a few lines per step of both passes, so memory
-// streams while the block computes (fp16, 128K tokens, 2 threads: 27.4 ->
-// 24.6 ms, against the next block's K requested during the scores only).
+// in L1 across the column chunks) streamed the same way. Meanwhile the next
+// block's K and V are requested into L2 a few lines per step of both passes
+// (per 8 keys in P.V), so memory streams while the block computes (fp16,
+// 128K tokens, 2 threads: 27.4 -> 24.6 ms, against the next block's K
+// requested during the scores only).
 //
 // int8 caches compute in integer arithmetic where the CPU allows: P.V with
 // AVX512-VNNI (decode_vnni-inl.h), the scores on AMX-INT8 tiles where

@@ -35,6 +35,8 @@ inline constexpr int kValueRows = 4;   // rows per pass over a V block
 // per key made the pass's scalar bookkeeping (on the ports the FMAs use)
 // as long as its arithmetic.
 inline constexpr int64_t kKeysPerRequest = 8;
+static_assert(kKeysPerRequest % 2 == 0, "ValueBlockVnni takes keys in pairs within a batch");
+static_assert(kBlock % kKeysPerRequest == 0, "a block's keys split into whole batches");
 // Rows per pass over a group of K rows: kScoreRows x kKeyGroup accumulators
 // plus kKeyGroup key vectors must fit the register file.
 inline constexpr int kScoreRows = kMaxPanelRows == 12 ? 4 : 2;
