@@ -39,8 +39,9 @@ Peers:
                Each operator is first checked against a NumPy reference on a
                small problem; one that fails is not used.
 
-Timing, as in qkv bench: one untimed warm-up call, then the median of 3 calls,
-or a single call when seq_q > 8192. Inputs are uniform in [-1, 1) (NumPy,
+Timing, as in qkv bench: one untimed warm-up call, then timed calls until
+0.3 s have been spent in them (at least 3, at most 15) and their median, or a
+single call when seq_q > 8192. Inputs are uniform in [-1, 1) (NumPy,
 seeded): not qkv's numbers, but the same distribution and shapes.
 """
 
@@ -53,7 +54,9 @@ import statistics
 import sys
 import time
 
-RUNS = 3
+MIN_RUNS = 3
+MAX_RUNS = 15
+RUN_SECONDS = 0.3
 SINGLE_RUN_ABOVE_SEQ = 8192
 # A peer that materializes the [batch, heads, seq_q, seq_kv] float32 score
 # matrix runs only if it takes at most this fraction of MemAvailable.
@@ -92,11 +95,13 @@ class Progress:
 
 
 def time_call(fn, seq):
-    """Seconds per call: warm-up, then the median of RUNS calls (one above SINGLE_RUN_ABOVE_SEQ)."""
+    """Seconds per call: warm-up, then the median of MIN_RUNS to MAX_RUNS calls
+    (as many as fill RUN_SECONDS; one above SINGLE_RUN_ABOVE_SEQ)."""
     fn()
-    runs = 1 if seq > SINGLE_RUN_ABOVE_SEQ else RUNS
+    single = seq > SINGLE_RUN_ABOVE_SEQ
     times = []
-    for _ in range(runs):
+    while not times or (not single and len(times) < MAX_RUNS and
+                        (len(times) < MIN_RUNS or sum(times) < RUN_SECONDS)):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)

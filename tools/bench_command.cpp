@@ -141,12 +141,16 @@ class Inputs {
 // Seconds per call of fn under the timing policy of bench_report.h.
 double time_call(const std::function<void()>& fn, int64_t seq) {
   fn();  // warm-up: thread pools, first-touch of buffers, caches
-  const int runs = seq > kBenchSingleRunAboveSeq ? 1 : kBenchRuns;
+  const bool single = seq > kBenchSingleRunAboveSeq;
   std::vector<double> seconds;
-  for (int r = 0; r < runs; ++r) {
+  double spent = 0;
+  while (seconds.empty() ||
+         (!single && static_cast<int>(seconds.size()) < kBenchMaxRuns &&
+          (static_cast<int>(seconds.size()) < kBenchMinRuns || spent < kBenchRunSeconds))) {
     const auto start = std::chrono::steady_clock::now();
     fn();
     seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    spent += seconds.back();
   }
   std::sort(seconds.begin(), seconds.end());
   return seconds[seconds.size() / 2];

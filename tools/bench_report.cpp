@@ -223,15 +223,15 @@ void print_report(const BenchRun& run) {
   for (const std::string& note : notes) std::printf("note      %s\n", note.c_str());
 
   std::printf(
-      "\ntime      median of %d calls after a warm-up call; one call above seq %lld. Batch 1, random inputs in\n"
-      "          [-1, 1); bf16 cases use the fp32 values rounded to bf16.\n"
+      "\ntime      median of %d-%d calls after a warm-up call (as many as fill %.1f s); one call above seq %lld.\n"
+      "          Batch 1, random inputs in [-1, 1); bf16 cases use the fp32 values rounded to bf16.\n"
       "GFLOP/s   4*heads*seq^2*head_dim, halved for causal: the work of a kernel that skips masked keys,\n"
       "          whatever an implementation really computes.\n"
       "%% peak    of the fp32 FMA peak above (max of start and end), for bf16 cases too, where bf16\n"
       "          dot-product units (AVX512-BF16, AMX: qkv with AMX-BF16, peers) may exceed 100%%.\n"
       "speed-up  the implementation's time / qkv's time on the same case: > 1 means qkv is faster.\n"
       "openblas  textbook attention: the full score matrix from OpenBLAS sgemm, softmax, sgemm (baseline.h).\n",
-      kBenchRuns, static_cast<long long>(kBenchSingleRunAboveSeq));
+      kBenchMinRuns, kBenchMaxRuns, kBenchRunSeconds, static_cast<long long>(kBenchSingleRunAboveSeq));
   if (machine.amx_bf16) {
     std::printf("%s   qkv with its AMX kernel switched off: bf16 cases on the float32 FMA kernel.\n", kFmaImpl);
   }
@@ -259,7 +259,9 @@ Json report_json(const BenchRun& run, Json options) {
                                          {"one_thread", peak.one_thread},
                                          {"what", "fp32 FMA throughput, qkv's probe (runtime/peak_probe.h)"}});
   report.set("timing", Json::Object{{"warm_up_calls", 1},
-                                    {"runs", kBenchRuns},
+                                    {"min_runs", kBenchMinRuns},
+                                    {"max_runs", kBenchMaxRuns},
+                                    {"run_seconds", kBenchRunSeconds},
                                     {"statistic", "median"},
                                     {"single_run_above_seq", kBenchSingleRunAboveSeq}});
   Json scaling_json{Json::Object{}};

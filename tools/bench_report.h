@@ -16,9 +16,14 @@
 namespace qkv::tools {
 
 // Timing policy, the same for every implementation (bench/peers.py copies it):
-// one untimed warm-up call, then the median of kBenchRuns calls, or a single
-// call above kBenchSingleRunAboveSeq where one call takes seconds.
-inline constexpr int kBenchRuns = 3;
+// one untimed warm-up call, then timed calls until kBenchRunSeconds have been
+// spent in them, at least kBenchMinRuns and at most kBenchMaxRuns, and their
+// median; a single call above kBenchSingleRunAboveSeq where one call takes
+// seconds. Short cases (a few ms) get more calls, so a pause of the machine
+// during one or two of them moves the median less.
+inline constexpr int kBenchMinRuns = 3;
+inline constexpr int kBenchMaxRuns = 15;
+inline constexpr double kBenchRunSeconds = 0.3;
 inline constexpr int64_t kBenchSingleRunAboveSeq = 8192;
 // qkv and the baseline both accumulate in float32; on inputs in [-1, 1) they
 // agree to about 1e-6. More than this means one of them is wrong.
