@@ -24,6 +24,8 @@ namespace HWY_NAMESPACE {
 // dst[i][n] = src[n][i] for a 16 x 16 block of 32-bit elements:
 //   src: 16 rows of 16 at src_stride elements; dst: 16 rows of 16 at
 //   dst_stride elements (16: contiguous).
+// A narrower block: src_rows < 16 reads only that many rows (the others are
+// zeros) and writes dst rows of src_rows elements (dst_stride >= src_rows).
 // Pairs of rows interleaved (32-bit, then 64-bit), which leaves 4 x 4
 // blocks transposed within each 128-bit lane, then the lanes of every four
 // vectors transposed.
@@ -32,9 +34,13 @@ namespace HWY_NAMESPACE {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 HWY_INLINE void Transpose16x16(const uint32_t* HWY_RESTRICT src, int64_t src_stride,
-                               uint32_t* HWY_RESTRICT dst, int64_t dst_stride = 16) {
+                               uint32_t* HWY_RESTRICT dst, int64_t dst_stride = 16,
+                               int src_rows = 16) {
   __m512i r[16], a[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + i * src_stride);
+  for (int i = 0; i < 16; ++i) {
+    r[i] = i < src_rows ? _mm512_loadu_si512(src + i * src_stride) : _mm512_setzero_si512();
+  }
+  const __mmask16 lanes = static_cast<__mmask16>((1u << src_rows) - 1);
   for (int k = 0; k < 8; ++k) {
     a[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
     a[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
@@ -51,10 +57,13 @@ HWY_INLINE void Transpose16x16(const uint32_t* HWY_RESTRICT src, int64_t src_str
     const __m512i hi01 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xEE);
     const __m512i lo23 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x44);
     const __m512i hi23 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xEE);
-    _mm512_storeu_si512(dst + dst_stride * c, _mm512_shuffle_i32x4(lo01, lo23, 0x88));
-    _mm512_storeu_si512(dst + dst_stride * (4 + c), _mm512_shuffle_i32x4(lo01, lo23, 0xDD));
-    _mm512_storeu_si512(dst + dst_stride * (8 + c), _mm512_shuffle_i32x4(hi01, hi23, 0x88));
-    _mm512_storeu_si512(dst + dst_stride * (12 + c), _mm512_shuffle_i32x4(hi01, hi23, 0xDD));
+    _mm512_mask_storeu_epi32(dst + dst_stride * c, lanes, _mm512_shuffle_i32x4(lo01, lo23, 0x88));
+    _mm512_mask_storeu_epi32(dst + dst_stride * (4 + c), lanes,
+                             _mm512_shuffle_i32x4(lo01, lo23, 0xDD));
+    _mm512_mask_storeu_epi32(dst + dst_stride * (8 + c), lanes,
+                             _mm512_shuffle_i32x4(hi01, hi23, 0x88));
+    _mm512_mask_storeu_epi32(dst + dst_stride * (12 + c), lanes,
+                             _mm512_shuffle_i32x4(hi01, hi23, 0xDD));
   }
 }
 #pragma GCC diagnostic pop
