@@ -199,7 +199,12 @@ uint32_t StreamCacheImpl(const KVCache& cache, int threads, int64_t chunk) {
         }
       }
     }
-    total += hn::GetLane(hn::SumOfLanes(d, acc)) + tail + (scales != 0);
+    // Lane by lane in uint32 (wrapping is defined there): GCC's 512-bit
+    // integer reduction adds in int, where the checksum's wrap is overflow.
+    HWY_ALIGN uint32_t lanes[hn::MaxLanes(d)];
+    hn::Store(acc, d, lanes);
+    for (size_t i = 0; i < hn::Lanes(d); ++i) total += lanes[i];
+    total += tail + (scales != 0);
   }
   return total;
 }
