@@ -65,7 +65,7 @@ test-peers: python
 #              fraction of this machine's measured peak (docs/bench.md): installs the Python
 #              peers into $(BENCH_VENV) (each one optional; the same venv as `make python`, so
 #              torch is downloaded once), builds Release, writes docs/bench.json and
-#              docs/bench.png. The full sweep takes 30-60 minutes on 2 cores;
+#              docs/bench.png. The full sweep takes 25-60 minutes on 2 cores;
 #              make bench BENCH_ARGS=--quick about a minute.
 BENCH_VENV ?= $(or $(VENV),.venv)
 BENCH_PYTHON ?= $(or $(PYTHON),python3)

@@ -3,59 +3,25 @@
 // time beyond its being positive: these check that the commands run, agree
 // with their baselines and write the --json they document, not speed.
 #include <gtest/gtest.h>
-#include <sys/wait.h>  // WEXITSTATUS
-#include <unistd.h>    // getpid
 
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <string>
 
 #include "bench_json.h"
+#include "cli_run.h"
 
 namespace qkv::tools {
 namespace {
 
-namespace fs = std::filesystem;
-
-struct Run {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-// Runs `qkv <args>` in a fresh directory, removed afterwards, with its stdout
-// and stderr kept; json(name) parses a file the run wrote there.
+// `qkv <args>` in a fresh directory; json(name) parses a file it wrote there.
 class BenchRun {
  public:
-  explicit BenchRun(const std::string& args) {
-    static int counter = 0;
-    dir_ = fs::temp_directory_path() /
-           ("qkv_bench_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    const std::string command = "cd '" + dir_.string() + "' && '" QKV_CLI_PATH "' " + args +
-                                " >stdout.txt 2>stderr.txt";
-    const int status = std::system(command.c_str());
-    run_.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    run_.out = read_text(dir_ / "stdout.txt");
-    run_.err = read_text(dir_ / "stderr.txt");
-  }
-  ~BenchRun() {
-    std::error_code ignored;
-    fs::remove_all(dir_, ignored);
-  }
-  const Run& run() const { return run_; }
-  Json json(const std::string& name) const { return Json::parse(read_text(dir_ / name)); }
+  explicit BenchRun(const std::string& args) : run_(run_qkv(dir_, args)) {}
+  const CliResult& run() const { return run_; }
+  Json json(const std::string& name) const { return Json::parse(read_bytes(dir_.file(name))); }
 
  private:
-  fs::path dir_;
-  Run run_;
+  TempDir dir_;
+  CliResult run_;
 };
 
 double number(const Json& object, const char* key) {

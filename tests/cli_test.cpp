@@ -4,24 +4,21 @@
 // stderr naming the problem and leave every file in the directory unchanged
 // (no clobbered output, no temporary left behind).
 #include <gtest/gtest.h>
-#include <sys/wait.h>  // WEXITSTATUS
-#include <unistd.h>    // getpid
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <iterator>
 #include <limits>
 #include <map>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "cli_run.h"
 #include "commands.h"
 #include "npy.h"
 #include "qkv/qkv.h"
@@ -33,36 +30,6 @@ namespace fs = std::filesystem;
 
 // The test problem: a GQA group of 2, seq_q != seq_kv, head_dim != head_dim_v.
 constexpr int64_t kBatch = 2, kSeqQ = 5, kSeqKv = 7, kHeads = 4, kKvHeads = 2, kHeadDim = 8, kHeadDimV = 6;
-
-// A fresh directory per test, removed afterwards; the program's stdout and
-// stderr go to files beside it, so the directory holds only the test's files.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = (fs::temp_directory_path() /
-             ("qkv_cli_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++)))
-                .string();
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-    fs::remove(path_ + ".stdout", ignored);
-    fs::remove(path_ + ".stderr", ignored);
-  }
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
@@ -76,23 +43,6 @@ std::map<std::string, std::string> snapshot(const TempDir& dir) {
     out[name] = entry.is_directory() ? "<dir>" : read_bytes(entry.path().string());
   }
   return out;
-}
-
-struct CliResult {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-// Runs `qkv <args>` inside `dir`.
-CliResult run_qkv(const TempDir& dir, const std::string& args) {
-  const std::string command = "cd '" + dir.path() + "' && '" QKV_CLI_PATH "' " + args + " >'" + dir.path() +
-                              ".stdout' 2>'" + dir.path() + ".stderr'";
-  const int status = std::system(command.c_str());
-  CliResult run;
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  run.out = read_bytes(dir.path() + ".stdout");
-  run.err = read_bytes(dir.path() + ".stderr");
-  return run;
 }
 
 std::vector<float> random_values(size_t n, unsigned seed) {
