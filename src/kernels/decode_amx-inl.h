@@ -119,6 +119,40 @@ HWY_INLINE void IssueScoreTile(const int8_t* k, int64_t k_stride, const int8_t* 
   }
 }
 
+// col[j][t] = c[t][j] for the first 8 columns of a 16 x 16 int32 block
+// (rows 64 bytes apart): rows t and t + 8 share a vector, and one 8 x 8 turn
+// runs in both 256-bit halves at once; 24 shuffles where the whole 16 x 16
+// turn takes 64 plus a store and reload of every column.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+HWY_INLINE void FirstColumns16x8(const int32_t* HWY_RESTRICT c, __m512i col[8]) {
+  __m512i z[8], a[8], b[8];
+  for (int k = 0; k < 8; ++k) {  // 128-bit lanes: row k cols 0-3, 4-7, row k + 8 cols 0-3, 4-7
+    z[k] = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 16 * k))),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 16 * (k + 8))), 1);
+  }
+  for (int m = 0; m < 4; ++m) {
+    a[2 * m] = _mm512_unpacklo_epi32(z[2 * m], z[2 * m + 1]);
+    a[2 * m + 1] = _mm512_unpackhi_epi32(z[2 * m], z[2 * m + 1]);
+  }
+  // b[4n + i], 128-bit lane L: rows 4n .. 4n + 3 (plus 8 in lanes 2, 3) of
+  // column i (lanes 0, 2) or 4 + i (lanes 1, 3).
+  for (int n = 0; n < 2; ++n) {
+    b[4 * n + 0] = _mm512_unpacklo_epi64(a[4 * n], a[4 * n + 2]);
+    b[4 * n + 1] = _mm512_unpackhi_epi64(a[4 * n], a[4 * n + 2]);
+    b[4 * n + 2] = _mm512_unpacklo_epi64(a[4 * n + 1], a[4 * n + 3]);
+    b[4 * n + 3] = _mm512_unpackhi_epi64(a[4 * n + 1], a[4 * n + 3]);
+  }
+  const __m512i even = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+  const __m512i odd = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+  for (int i = 0; i < 4; ++i) {
+    col[i] = _mm512_permutex2var_epi64(b[i], even, b[4 + i]);
+    col[4 + i] = _mm512_permutex2var_epi64(b[i], odd, b[4 + i]);
+  }
+}
+#pragma GCC diagnostic pop
+
 //   scratch: 2 KiB
 template <int kC>
 HWY_INLINE void FinishScoreTile(int64_t rows, int64_t group_rows, const float* HWY_RESTRICT q_scale,
@@ -131,12 +165,19 @@ HWY_INLINE void FinishScoreTile(int64_t rows, int64_t group_rows, const float* H
   }
   amx::CompilerFence();
   // scratch[t][n] -> columns[n][t]: a row's hi and lo sums over the 16 keys.
-  uint32_t* columns = reinterpret_cast<uint32_t*>(scratch + 256);
-  Transpose16x16(reinterpret_cast<const uint32_t*>(scratch), 16, columns);
   const __m512 ks = _mm512_loadu_ps(k_scale);
+  __m512i first[8];
+  uint32_t* columns = reinterpret_cast<uint32_t*>(scratch + 256);
+  const bool narrow = group_rows <= 4;  // the hi and lo columns are the first 8
+  if (narrow) {
+    FirstColumns16x8(scratch, first);
+  } else {
+    Transpose16x16(reinterpret_cast<const uint32_t*>(scratch), 16, columns);
+  }
   for (int64_t r = 0; r < rows; ++r) {
-    const __m512i hi = _mm512_loadu_si512(columns + 16 * r);
-    const __m512i lo = _mm512_loadu_si512(columns + 16 * (group_rows + r));
+    const __m512i hi = narrow ? first[r] : _mm512_loadu_si512(columns + 16 * r);
+    const __m512i lo =
+        narrow ? first[group_rows + r] : _mm512_loadu_si512(columns + 16 * (group_rows + r));
     const __m512 sum = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(hi, 8), lo));
     _mm512_storeu_ps(s + r * s_stride,
                      _mm512_mul_ps(_mm512_mul_ps(sum, _mm512_set1_ps(q_scale[r])), ks));
