@@ -119,40 +119,6 @@ HWY_INLINE void IssueScoreTile(const int8_t* k, int64_t k_stride, const int8_t* 
   }
 }
 
-// col[j][t] = c[t][j] for the first 8 columns of a 16 x 16 int32 block
-// (rows 64 bytes apart): rows t and t + 8 share a vector, and one 8 x 8 turn
-// runs in both 256-bit halves at once; 24 shuffles where the whole 16 x 16
-// turn takes 64 plus a store and reload of every column.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-HWY_INLINE void FirstColumns16x8(const int32_t* HWY_RESTRICT c, __m512i col[8]) {
-  __m512i z[8], a[8], b[8];
-  for (int k = 0; k < 8; ++k) {  // 128-bit lanes: row k cols 0-3, 4-7, row k + 8 cols 0-3, 4-7
-    z[k] = _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 16 * k))),
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 16 * (k + 8))), 1);
-  }
-  for (int m = 0; m < 4; ++m) {
-    a[2 * m] = _mm512_unpacklo_epi32(z[2 * m], z[2 * m + 1]);
-    a[2 * m + 1] = _mm512_unpackhi_epi32(z[2 * m], z[2 * m + 1]);
-  }
-  // b[4n + i], 128-bit lane L: rows 4n .. 4n + 3 (plus 8 in lanes 2, 3) of
-  // column i (lanes 0, 2) or 4 + i (lanes 1, 3).
-  for (int n = 0; n < 2; ++n) {
-    b[4 * n + 0] = _mm512_unpacklo_epi64(a[4 * n], a[4 * n + 2]);
-    b[4 * n + 1] = _mm512_unpackhi_epi64(a[4 * n], a[4 * n + 2]);
-    b[4 * n + 2] = _mm512_unpacklo_epi64(a[4 * n + 1], a[4 * n + 3]);
-    b[4 * n + 3] = _mm512_unpackhi_epi64(a[4 * n + 1], a[4 * n + 3]);
-  }
-  const __m512i even = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
-  const __m512i odd = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
-  for (int i = 0; i < 4; ++i) {
-    col[i] = _mm512_permutex2var_epi64(b[i], even, b[4 + i]);
-    col[4 + i] = _mm512_permutex2var_epi64(b[i], odd, b[4 + i]);
-  }
-}
-#pragma GCC diagnostic pop
-
 //   scratch: 2 KiB
 template <int kC>
 HWY_INLINE void FinishScoreTile(int64_t rows, int64_t group_rows, const float* HWY_RESTRICT q_scale,

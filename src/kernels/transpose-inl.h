@@ -1,6 +1,6 @@
-// A 16 x 16 transpose of 32-bit elements in AVX-512 registers, for the
-// kernels that lay data out (amx_forward.cpp and flash_forward.cpp pack
-// keys, the AMX decode path turns a tile of scores around). Per-target code: only
+// 16 x 16 (and 16 x 8) transposes of 32-bit elements in AVX-512 registers,
+// for the kernels that lay data out (amx_forward.cpp and flash_forward.cpp
+// pack keys and Q panels, the AMX decode path turns a tile of scores around). Per-target code: only
 // the AVX3 pass of foreach_target defines it.
 
 #if defined(QKV_KERNELS_TRANSPOSE_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -21,6 +21,24 @@ HWY_BEFORE_NAMESPACE();
 namespace qkv::internal {
 namespace HWY_NAMESPACE {
 
+// (GCC 12 sees the undefined vector its unpack intrinsics start from as a
+// maybe-uninitialized read.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// The first two steps of both turns below: four rows of 16 32-bit elements
+// in, out[c] holding in 128-bit lane L column 4L + c of the four rows (4 x 4
+// blocks transposed within each lane): pairs of rows interleaved by 32 bits,
+// then by 64.
+HWY_INLINE void Transpose4x4InLanes(const __m512i* HWY_RESTRICT in, __m512i* HWY_RESTRICT out) {
+  const __m512i a0 = _mm512_unpacklo_epi32(in[0], in[1]), a1 = _mm512_unpackhi_epi32(in[0], in[1]);
+  const __m512i a2 = _mm512_unpacklo_epi32(in[2], in[3]), a3 = _mm512_unpackhi_epi32(in[2], in[3]);
+  out[0] = _mm512_unpacklo_epi64(a0, a2);
+  out[1] = _mm512_unpackhi_epi64(a0, a2);
+  out[2] = _mm512_unpacklo_epi64(a1, a3);
+  out[3] = _mm512_unpackhi_epi64(a1, a3);
+}
+
 // dst[i][n] = src[n][i] for a 16 x 16 block of 32-bit elements:
 //   src: 16 rows of 16 at src_stride elements; dst: 16 rows of 16 at
 //   dst_stride elements (16: contiguous).
@@ -29,10 +47,6 @@ namespace HWY_NAMESPACE {
 // Pairs of rows interleaved (32-bit, then 64-bit), which leaves 4 x 4
 // blocks transposed within each 128-bit lane, then the lanes of every four
 // vectors transposed.
-// (GCC 12 sees the undefined vector its unpack intrinsics start from as a
-// maybe-uninitialized read.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 HWY_INLINE void Transpose16x16(const uint32_t* HWY_RESTRICT src, int64_t src_stride,
                                uint32_t* HWY_RESTRICT dst, int64_t dst_stride = 16,
                                int src_rows = 16) {
@@ -41,22 +55,13 @@ HWY_INLINE void Transpose16x16(const uint32_t* HWY_RESTRICT src, int64_t src_str
     r[i] = i < src_rows ? _mm512_loadu_si512(src + i * src_stride) : _mm512_setzero_si512();
   }
   const __mmask16 lanes = static_cast<__mmask16>((1u << src_rows) - 1);
-  for (int k = 0; k < 8; ++k) {
-    a[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
-    a[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
-  }
-  // r[4m + c], lane L: column 4L + c of rows 4m .. 4m + 3.
-  for (int m = 0; m < 4; ++m) {
-    r[4 * m + 0] = _mm512_unpacklo_epi64(a[4 * m], a[4 * m + 2]);
-    r[4 * m + 1] = _mm512_unpackhi_epi64(a[4 * m], a[4 * m + 2]);
-    r[4 * m + 2] = _mm512_unpacklo_epi64(a[4 * m + 1], a[4 * m + 3]);
-    r[4 * m + 3] = _mm512_unpackhi_epi64(a[4 * m + 1], a[4 * m + 3]);
-  }
+  // a[4m + c], lane L: column 4L + c of rows 4m .. 4m + 3.
+  for (int m = 0; m < 4; ++m) Transpose4x4InLanes(r + 4 * m, a + 4 * m);
   for (int c = 0; c < 4; ++c) {
-    const __m512i lo01 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x44);
-    const __m512i hi01 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xEE);
-    const __m512i lo23 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x44);
-    const __m512i hi23 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xEE);
+    const __m512i lo01 = _mm512_shuffle_i32x4(a[c], a[4 + c], 0x44);
+    const __m512i hi01 = _mm512_shuffle_i32x4(a[c], a[4 + c], 0xEE);
+    const __m512i lo23 = _mm512_shuffle_i32x4(a[8 + c], a[12 + c], 0x44);
+    const __m512i hi23 = _mm512_shuffle_i32x4(a[8 + c], a[12 + c], 0xEE);
     _mm512_mask_storeu_epi32(dst + dst_stride * c, lanes, _mm512_shuffle_i32x4(lo01, lo23, 0x88));
     _mm512_mask_storeu_epi32(dst + dst_stride * (4 + c), lanes,
                              _mm512_shuffle_i32x4(lo01, lo23, 0xDD));
@@ -64,6 +69,28 @@ HWY_INLINE void Transpose16x16(const uint32_t* HWY_RESTRICT src, int64_t src_str
                              _mm512_shuffle_i32x4(hi01, hi23, 0x88));
     _mm512_mask_storeu_epi32(dst + dst_stride * (12 + c), lanes,
                              _mm512_shuffle_i32x4(hi01, hi23, 0xDD));
+  }
+}
+
+// col[j][t] = c[t][j] for the first 8 columns of a 16 x 16 block of 32-bit
+// elements (rows 16 elements apart): rows t and t + 8 share a vector, and one
+// 8 x 8 turn runs in both 256-bit halves at once; 24 shuffles where the
+// whole 16 x 16 turn takes 64, and the columns stay in registers.
+HWY_INLINE void FirstColumns16x8(const int32_t* HWY_RESTRICT c, __m512i col[8]) {
+  __m512i z[8], b[8];
+  for (int k = 0; k < 8; ++k) {  // 128-bit lanes: row k cols 0-3, 4-7, row k + 8 cols 0-3, 4-7
+    z[k] = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 16 * k))),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 16 * (k + 8))), 1);
+  }
+  // b[4n + i], 128-bit lane L: rows 4n .. 4n + 3 (plus 8 in lanes 2, 3) of
+  // column i (lanes 0, 2) or 4 + i (lanes 1, 3).
+  for (int n = 0; n < 2; ++n) Transpose4x4InLanes(z + 4 * n, b + 4 * n);
+  const __m512i even = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+  const __m512i odd = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+  for (int i = 0; i < 4; ++i) {
+    col[i] = _mm512_permutex2var_epi64(b[i], even, b[4 + i]);
+    col[4 + i] = _mm512_permutex2var_epi64(b[i], odd, b[4 + i]);
   }
 }
 #pragma GCC diagnostic pop
