@@ -148,6 +148,26 @@ TEST(KVCache, SeveralQueryRowsGqaMqaAndOddHeadDims) {
   }
 }
 
+// An int8 block's scales are turned 16 keys x 8 kv heads at a time where
+// they lie evenly (kv_heads a multiple of 8; a contiguous cache, or keys of
+// one page) and key by key elsewhere: every layout, with a last block short
+// of 16 keys, against the reference.
+TEST(KVCache, Int8ScalesOfEveryLayoutMatchTheReference) {
+  for (const auto& [kv_heads, page_size] :
+       {std::pair<int64_t, int64_t>{8, 0}, {16, 0}, {8, 16}, {8, 64}, {16, 128}, {4, 0}}) {
+    SCOPED_TRACE(testing::Message() << "kv_heads " << kv_heads << " page_size " << page_size);
+    CacheSpec s;
+    s.dtype = DType::kInt8;
+    s.kv_heads = kv_heads;
+    s.heads = 2 * kv_heads;
+    s.page_size = page_size;
+    s.shuffle_pages = page_size > 0;
+    s.capacity = 512;
+    s.prefill = 333;
+    expect_cache_matches_reference(s, 1, 70 + static_cast<uint32_t>(kv_heads + page_size));
+  }
+}
+
 TEST(KVCache, PagedEqualsContiguousExactly) {
   for (DType dtype : {DType::kFloat16, DType::kInt8}) {
     CacheSpec contiguous;

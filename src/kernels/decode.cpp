@@ -312,8 +312,9 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
     // the last group of kKeyGroup: their scores become -inf with the padding),
     // and the next block's, whose K and V are requested into L2 while this
     // block computes: half during the scores, half during P.V.
+    // (The block's own rows were the previous block's next ones.)
     const int64_t n_next = std::min(kBlock, key_end - (k0 + n));
-    p.tokens(b, k0, n, w.k_token.get(), w.v_token.get());
+    if (k0 == key_begin) p.tokens(b, k0, n, w.k_token.get(), w.v_token.get());
     if (n_next > 0) p.tokens(b, k0 + n, n_next, w.k_next.get(), w.v_next.get());
     NextBlockPrefetch next(w.k_next.get(), w.v_next.get(), n_next, p.kv_heads,
                            p.head_dim * elem_kv, p.head_dim_v * elem_kv, w.k_spans.get(),
@@ -323,17 +324,14 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
     const int64_t value_keys = p.kv_heads * ValuePasses(g, N) * n;
     const int64_t per_value_key = (next.lines() - next.lines() / 2 + value_keys - 1) / value_keys;
     const int64_t k_head_bytes = w.k_token[0].head_bytes, v_head_bytes = w.v_token[0].head_bytes;
-    for (int64_t j = 0; j < RoundUp(n_pad, kKeyGroup); ++j) {
-      const AttentionProblem::TokenRows& kt = w.k_token[std::min(j, n - 1)];
-      const AttentionProblem::TokenRows& vt = w.v_token[std::min(j, n - 1)];
-      w.k_tokens[j] = kt.data;
-      w.v_tokens[j] = vt.data;
-      if constexpr (kDtype == DType::kInt8) {
-        for (int64_t kvh = 0; kvh < p.kv_heads; ++kvh) {
-          w.k_scale[kvh * kBlock + j] = kt.row(kvh).scale;
-          w.v_scale[kvh * kBlock + j] = vt.row(kvh).scale;
-        }
-      }
+    const int64_t n_keys = RoundUp(n_pad, kKeyGroup);
+    for (int64_t j = 0; j < n_keys; ++j) {
+      w.k_tokens[j] = w.k_token[std::min(j, n - 1)].data;
+      w.v_tokens[j] = w.v_token[std::min(j, n - 1)].data;
+    }
+    if constexpr (kDtype == DType::kInt8) {
+      BlockScales(d, w.k_token.get(), n, n_keys, p.kv_heads, w.k_scale.get());
+      BlockScales(d, w.v_token.get(), n, n_keys, p.kv_heads, w.v_scale.get());
     }
     // 1. Scores, token-major: a token's K rows of all kv heads are adjacent
     //    in the cache, so the block's K is read as one forward stream. (No
@@ -423,6 +421,8 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
       }
     }
     next.Issue(next.lines());  // what the rounding of the shares left
+    std::swap(w.k_token, w.k_next);
+    std::swap(w.v_token, w.v_next);
   }
 }
 

@@ -18,6 +18,7 @@
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "kernels/microkernel-inl.h"
+#include "kernels/transpose-inl.h"
 #if HWY_ARCH_X86
 #include <xmmintrin.h>  // _mm_prefetch
 #endif
@@ -142,6 +143,37 @@ class NextBlockPrefetch {
 
   Stream k_, v_;
 };
+
+// The int8 scales of a block's keys per kv head, as the kernels read them:
+//   out[h * kBlock + j] = the scale of key min(j, n - 1), kv head h, j < n_keys
+// (keys past n stand in for the padding). When the keys' scales lie evenly
+// kv_heads apart ([token][kv head] floats: a contiguous cache, or keys of one
+// page) and kv_heads is a multiple of 8, 16 keys x 8 kv heads at a time are
+// turned in registers; key by key otherwise. Key by key always, this was 6%
+// of an int8 step (32K tokens, one thread); gathers (16 keys of one kv head
+// per instruction) were as slow.
+//   t: the block's n tokens; n_keys <= kBlock
+template <class D>
+HWY_INLINE void BlockScales(D, const AttentionProblem::TokenRows* HWY_RESTRICT t, int64_t n,
+                            int64_t n_keys, int64_t kv_heads, float* HWY_RESTRICT out) {
+  int64_t j0 = 0;  // keys below j0 are done
+#if HWY_TARGET == HWY_AVX3
+  const float* base = t[0].scales;
+  bool even = base != nullptr && kv_heads % 8 == 0;
+  for (int64_t j = 1; even && j < n; ++j) even = t[j].scales == base + j * kv_heads;
+  for (; even && j0 + 16 <= n; j0 += 16) {
+    for (int64_t h0 = 0; h0 < kv_heads; h0 += 8) {
+      __m512i col[8];
+      FirstColumns16x8(reinterpret_cast<const int32_t*>(base + j0 * kv_heads + h0), col, kv_heads);
+      for (int c = 0; c < 8; ++c) _mm512_storeu_si512(out + (h0 + c) * kBlock + j0, col[c]);
+    }
+  }
+#endif
+  for (int64_t j = j0; j < n_keys; ++j) {
+    const AttentionProblem::TokenRows& key = t[std::min(j, n - 1)];
+    for (int64_t h = 0; h < kv_heads; ++h) out[h * kBlock + j] = key.row(h).scale;
+  }
+}
 
 #if HWY_TARGET == HWY_SCALAR
 // One lane per vector: the sums are the lanes.

@@ -1,6 +1,7 @@
 // 16 x 16 (and 16 x 8) transposes of 32-bit elements in AVX-512 registers,
 // for the kernels that lay data out (amx_forward.cpp and flash_forward.cpp
-// pack keys and Q panels, the AMX decode path turns a tile of scores around). Per-target code: only
+// pack keys and Q panels, the AMX decode path turns a tile of scores around,
+// the int8 decode path a block's scales). Per-target code: only
 // the AVX3 pass of foreach_target defines it.
 
 #if defined(QKV_KERNELS_TRANSPOSE_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -72,16 +73,19 @@ HWY_INLINE void Transpose16x16(const uint32_t* HWY_RESTRICT src, int64_t src_str
   }
 }
 
-// col[j][t] = c[t][j] for the first 8 columns of a 16 x 16 block of 32-bit
-// elements (rows 16 elements apart): rows t and t + 8 share a vector, and one
-// 8 x 8 turn runs in both 256-bit halves at once; 24 shuffles where the
-// whole 16 x 16 turn takes 64, and the columns stay in registers.
-HWY_INLINE void FirstColumns16x8(const int32_t* HWY_RESTRICT c, __m512i col[8]) {
+// col[j][t] = c[t][j] for the first 8 columns of 16 rows of 32-bit elements
+// (rows `row_stride` >= 8 elements apart; 16 for a 16 x 16 block): rows t and
+// t + 8 share a vector, and one 8 x 8 turn runs in both 256-bit halves at
+// once; 24 shuffles where the whole 16 x 16 turn takes 64, and the columns
+// stay in registers.
+HWY_INLINE void FirstColumns16x8(const int32_t* HWY_RESTRICT c, __m512i col[8],
+                                 int64_t row_stride = 16) {
   __m512i z[8], b[8];
   for (int k = 0; k < 8; ++k) {  // 128-bit lanes: row k cols 0-3, 4-7, row k + 8 cols 0-3, 4-7
     z[k] = _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 16 * k))),
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 16 * (k + 8))), 1);
+        _mm512_castsi256_si512(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + row_stride * k))),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + row_stride * (k + 8))), 1);
   }
   // b[4n + i], 128-bit lane L: rows 4n .. 4n + 3 (plus 8 in lanes 2, 3) of
   // column i (lanes 0, 2) or 4 + i (lanes 1, 3).
