@@ -148,7 +148,7 @@ struct DecodeScratch {
   hwy::AlignedFreeUniquePtr<float[]> q, s, alpha, k_scale, v_scale, v_buf, q16_scale;
   hwy::AlignedFreeUniquePtr<int16_t[]> q16;  // ScoreKeysVnni's q rows
   hwy::AlignedFreeUniquePtr<int16_t[]> p16;  // ValueBlockVnni's weights, [rows][kBlock]
-  hwy::AlignedFreeUniquePtr<float[]> p16_scale;
+  hwy::AlignedFreeUniquePtr<float[]> p16_scale, p16_max;  // per row: its fixed point's scale, max weight
   hwy::AlignedFreeUniquePtr<const char*[]> k_tokens, v_tokens, widened;
   hwy::AlignedFreeUniquePtr<AttentionProblem::TokenRows[]> k_token, v_token, k_next, v_next;
   hwy::AlignedFreeUniquePtr<TileRow[]> rows;
@@ -168,6 +168,7 @@ struct DecodeScratch {
         q16(hwy::AllocateAligned<int16_t>(p.kv_heads * g.rows * p.head_dim)),
         p16(hwy::AllocateAligned<int16_t>(g.rows * kBlock)),
         p16_scale(hwy::AllocateAligned<float>(g.rows)),
+        p16_max(hwy::AllocateAligned<float>(g.rows)),
         k_tokens(hwy::AllocateAligned<const char*>(kBlock)),
         v_tokens(hwy::AllocateAligned<const char*>(kBlock)),
         widened(hwy::AllocateAligned<const char*>(kBlock)),
@@ -386,18 +387,25 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
         }
         const bool full = rows[r].lo <= k0 && rows[r].hi >= k0 + n - 1;
         if (!plain || !full || n < n_pad) ApplyScoreOptions(d, p, units, rows[r], k0, n, n_pad, !full, sr);
-        w.alpha[r] = OnlineSoftmaxRow(d, units, sr, n_pad, m[r], l[r]);
         if constexpr (kDtype == DType::kInt8) {
-          for (int64_t j = 0; j < n; j += N) {  // l is already summed
-            hn::Store(hn::Mul(hn::Load(d, sr + j), hn::LoadU(d, v_scale + j)), d, sr + j);
-          }
+          // The weights carry the value rows' scales (not in l), and their
+          // largest is kept for the fixed point (one pass over the row, not three).
+          auto max_p = hn::Zero(d);
+          w.alpha[r] = OnlineSoftmaxRowKeeping(d, units, sr, n_pad, m[r], l[r], [&](auto e, int64_t j) {
+            const auto weight = hn::Mul(e, hn::Load(d, v_scale + j));
+            max_p = hn::Max(max_p, weight);
+            hn::Store(weight, d, sr + j);
+          });
+          w.p16_max[r] = hn::GetLane(hn::MaxOfLanes(d, max_p));
+        } else {
+          w.alpha[r] = OnlineSoftmaxRow(d, units, sr, n_pad, m[r], l[r]);
         }
       }
       const HeadRows v_rows{w.v_tokens.get(), kvh * v_head_bytes};
 #if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
       if (vnni_values) {
         for (int64_t r = 0; r < g.rows; ++r) {
-          QuantizeRow16(s + r * kBlock, n_pad, kWeight16Limit, w.p16.get() + r * kBlock,
+          QuantizeRow16(s + r * kBlock, n_pad, kWeight16Limit, w.p16_max[r], w.p16.get() + r * kBlock,
                         w.p16_scale[r]);
         }
         AccumulateValuesVnni(g, n, w.p16.get(), w.p16_scale.get(), v_rows, w.alpha.get(), acc, next,

@@ -83,18 +83,23 @@ inline constexpr float kWeight16Limit = 32767.0f;
 // out = round(x / scale) as int16 with scale = max|x| / limit over x[0, n)
 // (0 for a zero row; the largest becomes +-limit), n % 16 == 0: the 16-bit
 // fixed point of the VNNI and AMX paths (q rows; a block's weights, x >= 0).
-HWY_INLINE void QuantizeRow16(const float* HWY_RESTRICT x, int64_t n, float limit,
+// max_abs: max|x| over x[0, n), known to the caller.
+HWY_INLINE void QuantizeRow16(const float* HWY_RESTRICT x, int64_t n, float limit, float max_abs,
                               int16_t* HWY_RESTRICT out, float& scale) {
   const hn::Full512<float> d;
   const hn::Rebind<int16_t, decltype(d)> d16;
-  auto max_v = hn::Zero(d);
-  for (int64_t i = 0; i < n; i += 16) max_v = hn::Max(max_v, hn::Abs(hn::LoadU(d, x + i)));
-  const float max_abs = hn::GetLane(hn::MaxOfLanes(d, max_v));
   scale = max_abs / limit;
   const auto inv = hn::Set(d, max_abs > 0 ? limit / max_abs : 0.0f);
   for (int64_t i = 0; i < n; i += 16) {  // round to nearest even; |.| <= limit
     hn::StoreU(hn::DemoteTo(d16, hn::NearestInt(hn::Mul(hn::LoadU(d, x + i), inv))), d16, out + i);
   }
+}
+HWY_INLINE void QuantizeRow16(const float* HWY_RESTRICT x, int64_t n, float limit,
+                              int16_t* HWY_RESTRICT out, float& scale) {
+  const hn::Full512<float> d;
+  auto max_v = hn::Zero(d);
+  for (int64_t i = 0; i < n; i += 16) max_v = hn::Max(max_v, hn::Abs(hn::LoadU(d, x + i)));
+  QuantizeRow16(x, n, limit, hn::GetLane(hn::MaxOfLanes(d, max_v)), out, scale);
 }
 
 // AccumulateValues for an int8 cache on AVX512-VNNI, in integer arithmetic

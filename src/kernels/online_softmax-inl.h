@@ -193,14 +193,15 @@ HWY_INLINE RowShift AdvanceRowMax(const ScoreUnits& units, float block_max, floa
 }
 
 // Online-softmax update of one row with the scores s[0, n_pad) of a new key
-// block (log2 units, -inf = invisible). In place: s becomes p = 2^(s - m_new).
+// block (log2 units, -inf = invisible). In place: s becomes p = 2^(s - m_new),
+// each weight vector handed to keep(p, j) to be stored at s + j.
 // Updates the running max m and sum l; returns alpha = 2^(m_old - m_new), the
 // factor the caller applies to the row's accumulated output.
 // invariant: l = sum over keys so far of 2^(s_j - m); m = -inf while no key
 // has been visible, and then l = 0 and alpha = 0 (never -inf - -inf).
-template <class D>
-HWY_INLINE float OnlineSoftmaxRow(D d, const ScoreUnits& units, float* HWY_RESTRICT s,
-                                  int64_t n_pad, float& m, float& l) {
+template <class D, class Keep>
+HWY_INLINE float OnlineSoftmaxRowKeeping(D d, const ScoreUnits& units, float* HWY_RESTRICT s,
+                                         int64_t n_pad, float& m, float& l, Keep&& keep) {
   using V = hn::Vec<D>;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   V vmax = hn::Set(d, -std::numeric_limits<float>::infinity());
@@ -212,18 +213,26 @@ HWY_INLINE float OnlineSoftmaxRow(D d, const ScoreUnits& units, float* HWY_RESTR
     for (int64_t j = 0; j < n_pad; j += N) {
       const V e = Exp2NonPositive(d, hn::Sub(hn::Load(d, s + j), vm));
       vsum = hn::Add(vsum, e);
-      hn::Store(e, d, s + j);
+      keep(e, j);
     }
   } else {
     const V to_log2 = hn::Set(d, units.to_log2);
     for (int64_t j = 0; j < n_pad; j += N) {
       const V e = Exp2NonPositive(d, hn::Mul(hn::Sub(hn::Load(d, s + j), vm), to_log2));
       vsum = hn::Add(vsum, e);
-      hn::Store(e, d, s + j);
+      keep(e, j);
     }
   }
   l = shift.alpha * l + hn::GetLane(hn::SumOfLanes(d, vsum));
   return shift.alpha;
+}
+
+// The same, s becoming p = 2^(s - m_new).
+template <class D>
+HWY_INLINE float OnlineSoftmaxRow(D d, const ScoreUnits& units, float* HWY_RESTRICT s,
+                                  int64_t n_pad, float& m, float& l) {
+  return OnlineSoftmaxRowKeeping(d, units, s, n_pad, m, l,
+                                 [&](hn::Vec<D> p, int64_t j) { hn::Store(p, d, s + j); });
 }
 
 // Writes one finished row: o = acc / l (with the sink folded into l) in the
