@@ -17,6 +17,7 @@
 #include "api/validate.h"
 #include "kernels/amx_forward.h"
 #include "runtime/amx.h"
+#include "runtime/caches.h"
 #include "runtime/half.h"
 #include "test_util.h"
 
@@ -215,6 +216,17 @@ TEST_F(Amx, LongSequencesInSeveralPackRounds) {
   check_all({Case().seq_q(33).seq_kv(5000).heads(12).kv_heads(6).head_dim(128).causal().seed(700),
              Case().batch(2).seq_q(9).seq_kv(3001).heads(6).kv_heads(3).head_dim(128).seed(701),
              Case().seq_q(70).seq_kv(4200).heads(4).kv_heads(2).head_dim(256).causal().seed(702)});
+}
+
+TEST_F(Amx, PairsOfUpToAWholeL2OnePerTask) {
+  // With the L2 taken as 256 KiB, 16 pairs of about 190 KiB packed each
+  // (1500 keys at head_dim 32): one pair per task (pair_per_task).
+  struct Restore {
+    ~Restore() { internal::set_l2_cache_bytes_for_test(0); }
+  } restore;
+  internal::set_l2_cache_bytes_for_test(int64_t{256} << 10);
+  check_all({Case().batch(4).seq_q(100).seq_kv(1500).heads(8).kv_heads(4).head_dim(32).causal()
+                 .threads(2).seed(720)});
 }
 
 TEST_F(Amx, OnePairPerTaskWithManySmallHeads) {

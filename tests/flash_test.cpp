@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "kernels/flash_forward.h"
+#include "runtime/caches.h"
 #include "test_util.h"
 
 namespace qkv::test {
@@ -371,6 +372,20 @@ TEST(Flash, OnePairPerTaskWithManySmallHeads) {
       Case().batch(2).seq(33).heads(12).head_dim(16).tiles(kBlockQ, kBlockKv).sinks().threads(2),
       Case().seq_q(20).seq_kv(90).heads(27).head_dim(24).window(7, 2).alibi().threads(3),
   });
+}
+
+TEST(Flash, HeadsPastTheL2TakeLargerTilesAndWholePairs) {
+  // With the L2 taken as 64 KiB, heads whose K/V pass it take 192-row tiles
+  // (Geometry); with 256 KiB, pairs of up to a whole L2 (144 KiB here) one
+  // pair per task (pair_per_task).
+  struct Restore {
+    ~Restore() { internal::set_l2_cache_bytes_for_test(0); }
+  } restore;
+  internal::set_l2_cache_bytes_for_test(int64_t{64} << 10);
+  check_all({Case().seq(2100).heads(4).kv_heads(2).head_dim(4).causal(),
+             Case().seq_q(500).seq_kv(2400).heads(2).head_dim(4).head_dim_v(3).threads(2)});
+  internal::set_l2_cache_bytes_for_test(int64_t{256} << 10);
+  check_all({Case().batch(4).seq(1800).heads(4).head_dim(4).causal().threads(2)});
 }
 
 TEST(Flash, LargeLogitsMatchTheReference) {

@@ -108,11 +108,14 @@ void walk_pack_steps(const AttentionProblem& p, int64_t b, int64_t h0, int64_t h
 // L2, with no barrier between packing and tiles; the pairs cost the same
 // (the same keys), so with 8 or more per thread the dynamic split stays even.
 // Measured (float32, 32/32 heads, seq 512, no mask, 2 threads): 4-5% faster
-// than rounds; with 4 pairs per thread (32/8 heads) rounds were faster.
+// than rounds; with 4 pairs per thread (32/8 heads) rounds were faster. Up
+// to a whole L2 per pair (2 MiB L2, 32/32 heads, 2 threads, 7 alternating
+// rounds): float32 seq 2048 causal 95.2 -> 93.4 ms, no mask 175.5 -> 173.8;
+// bfloat16 (AMX) seq 4096 causal 91.1 -> 88.0, no mask the same.
 // `head_bytes`: one pair's packed K and V.
 inline bool pair_per_task(const AttentionProblem& p, int64_t head_bytes) {
   return p.num_threads > 1 && p.batch * p.kv_heads >= 8 * p.num_threads &&
-         head_bytes <= l2_cache_bytes() / 2;
+         head_bytes <= l2_cache_bytes();
 }
 
 // The schedule of a flash kernel, run by every thread of its parallel region.

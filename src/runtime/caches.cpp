@@ -2,9 +2,17 @@
 
 #include <unistd.h>
 
+#include <atomic>
+
 namespace qkv::internal {
+namespace {
+std::atomic<int64_t> g_l2_for_test{0};
+}  // namespace
+
+void set_l2_cache_bytes_for_test(int64_t bytes) { g_l2_for_test.store(bytes); }
 
 int64_t l2_cache_bytes() {
+  if (const int64_t forced = g_l2_for_test.load(std::memory_order_relaxed); forced > 0) return forced;
   static const int64_t bytes = [] {
     constexpr int64_t kFallback = int64_t{512} << 10;
     int64_t reported = -1;

@@ -10,4 +10,8 @@ namespace qkv::internal {
 // once; 512 KiB where it reports nothing plausible.
 int64_t l2_cache_bytes();
 
+// Tests: l2_cache_bytes() returns `bytes` from now on (0: the detected size
+// again), so that small shapes take the tile and schedule choices of large ones.
+void set_l2_cache_bytes_for_test(int64_t bytes);
+
 }  // namespace qkv::internal
