@@ -157,18 +157,18 @@ Timing time_steps(const std::function<void()>& step, int threads, int warmups, d
     // One warm-up is enough when a step takes longer than the whole budget (1M tokens).
     if (std::chrono::duration<double>(std::chrono::steady_clock::now() - warm_start).count() > target_seconds) break;
   }
-  std::vector<double> seconds, on_cpu;
-  double spent = 0;
+  std::vector<double> seconds;
+  double spent = 0, cpu = 0;
   while (static_cast<int>(seconds.size()) < kMinSteps ||
          (spent < target_seconds && static_cast<int>(seconds.size()) < kMaxSteps)) {
     const double cpu_start = process_cpu_seconds();
     const auto start = std::chrono::steady_clock::now();
     step();
     seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    on_cpu.push_back((process_cpu_seconds() - cpu_start) / (seconds.back() * threads));
+    cpu += process_cpu_seconds() - cpu_start;
     spent += seconds.back();
   }
-  return {median(seconds), *std::min_element(seconds.begin(), seconds.end()), median(on_cpu),
+  return {median(seconds), *std::min_element(seconds.begin(), seconds.end()), cpu / (spent * threads),
           static_cast<int>(seconds.size())};
 }
 

@@ -142,7 +142,7 @@ void print_decode_report(const DecodeRun& run) {
       "max|diff|          largest |qkv - baseline| over the output\n"
       "peak RSS           the process's resident peak while the row ran: the cache, the fill buffers, the steps;\n"
       "                   step adds: what one qkv step adds to it\n"
-      "on-CPU             CPU time / (wall time * threads) over a step (median): under 100%% other processes had\n"
+      "on-CPU             CPU time / (wall time * threads) over all timed steps: under 100%% other processes had\n"
       "                   the cores part of the time, and the times above are that much longer\n",
       static_cast<long long>(kHeads), static_cast<long long>(kHeadDim), kMinSteps, kMaxSteps, kWarmupSteps,
       kTargetSeconds, static_cast<long long>(kKvHeads), static_cast<long long>(kHeads / kKvHeads));

@@ -73,9 +73,12 @@ inline std::string format_bytes(double bytes) {
 }
 
 // Seconds of a call repeated as the timing policy above says. on_cpu: the
-// median over the steps of the process's CPU time / (wall time * threads),
-// about 1 when the threads had the cores to themselves (spinning at a barrier
-// counts as on a core), lower when other processes took them.
+// process's CPU time / (wall time * threads) summed over all timed steps
+// (per step, the CPU-time clock lags a worker's time by up to a scheduler
+// tick: sub-millisecond steps read 50%), about 1 when the threads had the
+// cores to themselves (spinning at a barrier counts as on a core), lower
+// when other processes took them, higher when threads outside the step's
+// team (an idle pool still spinning) ran beside it.
 struct Timing {
   double median = 0, best = 0, on_cpu = 0;
   int steps = 0;
