@@ -376,8 +376,10 @@ TEST(Flash, OnePairPerTaskWithManySmallHeads) {
 
 TEST(Flash, HeadsPastTheL2TakeLargerTilesAndWholePairs) {
   // With the L2 taken as 64 KiB, heads whose K/V pass it take 192-row tiles
-  // (Geometry); with 256 KiB, pairs of up to a whole L2 (144 KiB here) one
-  // pair per task (pair_per_task).
+  // (Geometry); with 256 KiB, pairs of up to a whole L2 (144 KiB packed on
+  // AVX-512, past half of it) one pair per task (pair_per_task). The results
+  // do not depend on these choices: the test runs the paths, the reference
+  // checks them.
   struct Restore {
     ~Restore() { internal::set_l2_cache_bytes_for_test(0); }
   } restore;
