@@ -40,8 +40,8 @@ inline constexpr double kMaxAgreedDiff = 1e-4;
 // A step whose threads were on a CPU less than this fraction of it was slowed
 // down by other processes.
 inline constexpr double kQuietOnCpu = 0.9;
-// Steps shorter than this do not take part in that check (the CPU-time
-// clock and a worker's wake-up are a large share of them).
+// Steps shorter than this do not take part in that check (a worker's
+// wake-up is a large share of them).
 inline constexpr double kMinQuietCheckSeconds = 0.005;
 
 inline constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
