@@ -255,6 +255,7 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
   const bool vnni_values = vnni && p.head_dim_v % 64 == 0;
 #else
   [[maybe_unused]] constexpr bool vnni = false;
+  constexpr bool vnni_values = false;
 #endif
 #if defined(QKV_HAVE_AMX_INT8) && HWY_TARGET == HWY_AVX3
   const bool amx = vnni_values && p.head_dim % kAmxDims == 0 && g.rows <= 2 * kAmxRows &&
@@ -388,15 +389,21 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
         const bool full = rows[r].lo <= k0 && rows[r].hi >= k0 + n - 1;
         if (!plain || !full || n < n_pad) ApplyScoreOptions(d, p, units, rows[r], k0, n, n_pad, !full, sr);
         if constexpr (kDtype == DType::kInt8) {
-          // The weights carry the value rows' scales (not in l), and their
-          // largest is kept for the fixed point (one pass over the row, not three).
-          auto max_p = hn::Zero(d);
-          w.alpha[r] = OnlineSoftmaxRowKeeping(d, units, sr, n_pad, m[r], l[r], [&](auto e, int64_t j) {
-            const auto weight = hn::Mul(e, hn::Load(d, v_scale + j));
-            max_p = hn::Max(max_p, weight);
-            hn::Store(weight, d, sr + j);
-          });
-          w.p16_max[r] = hn::GetLane(hn::MaxOfLanes(d, max_p));
+          // The weights carry the value rows' scales (not in l); for VNNI's
+          // fixed point their largest is kept too (one pass over the row, not three).
+          if (vnni_values) {
+            auto max_p = hn::Zero(d);
+            w.alpha[r] = OnlineSoftmaxRowKeeping(d, units, sr, n_pad, m[r], l[r], [&](auto e, int64_t j) {
+              const auto weight = hn::Mul(e, hn::Load(d, v_scale + j));
+              max_p = hn::Max(max_p, weight);
+              hn::Store(weight, d, sr + j);
+            });
+            w.p16_max[r] = hn::GetLane(hn::MaxOfLanes(d, max_p));
+          } else {
+            w.alpha[r] = OnlineSoftmaxRowKeeping(d, units, sr, n_pad, m[r], l[r], [&](auto e, int64_t j) {
+              hn::Store(hn::Mul(e, hn::Load(d, v_scale + j)), d, sr + j);
+            });
+          }
         } else {
           w.alpha[r] = OnlineSoftmaxRow(d, units, sr, n_pad, m[r], l[r]);
         }
