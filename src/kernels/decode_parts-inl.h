@@ -36,8 +36,17 @@ inline constexpr int kValueRows = 4;   // rows per pass over a V block
 // per key made the pass's scalar bookkeeping (on the ports the FMAs use)
 // as long as its arithmetic.
 inline constexpr int64_t kKeysPerRequest = 8;
-static_assert(kKeysPerRequest % 2 == 0, "ValueBlockVnni takes keys in pairs within a batch");
 static_assert(kBlock % kKeysPerRequest == 0, "a block's keys split into whole batches");
+// The same for the int8 P.V on VNNI (ValueBlockVnni), whose keys cost less
+// bookkeeping per batch relative to its arithmetic: 16 keys per batch (2
+// threads, 32/8 heads, medians of alternating rounds: 4K tokens 0.241-0.247 ->
+// 0.230-0.239 ms, 32K 1.72-1.74 -> 1.69-1.71 in three series of four (the
+// fourth in one of the machine's slow phases), 128K and 1M the same; 32 keys
+// no better; 16 for the float paths made float16 2.5% slower at 32K, so they
+// keep 8).
+inline constexpr int64_t kKeysPerRequestVnni = 16;
+static_assert(kKeysPerRequestVnni % 2 == 0, "ValueBlockVnni takes keys in pairs within a batch");
+static_assert(kBlock % kKeysPerRequestVnni == 0, "a block's keys split into whole batches");
 // Rows per pass over a group of K rows: kScoreRows x kKeyGroup accumulators
 // plus kKeyGroup key vectors must fit the register file.
 inline constexpr int kScoreRows = kMaxPanelRows == 12 ? 4 : 2;

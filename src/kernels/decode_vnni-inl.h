@@ -127,9 +127,9 @@ HWY_INLINE void ValueBlockVnni(const int16_t* HWY_RESTRICT p16, const float* HWY
   for (int r = 0; r < kRows; ++r) {
     for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_setzero_si512();
   }
-  for (int64_t j0 = 0; j0 < n; j0 += kKeysPerRequest) {
-    prefetch.Issue(kKeysPerRequest * prefetch_per_key);
-    for (int64_t j = j0; j < std::min(n, j0 + kKeysPerRequest); j += 2) {
+  for (int64_t j0 = 0; j0 < n; j0 += kKeysPerRequestVnni) {
+    prefetch.Issue(kKeysPerRequestVnni * prefetch_per_key);
+    for (int64_t j = j0; j < std::min(n, j0 + kKeysPerRequestVnni); j += 2) {
       const __m512i a = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j]) + c);
       const __m512i b = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j + 1]) + c);
       const __m512i lo = _mm512_unpacklo_epi8(a, b), hi = _mm512_unpackhi_epi8(a, b);
