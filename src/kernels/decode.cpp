@@ -391,19 +391,13 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
         if constexpr (kDtype == DType::kInt8) {
           // The weights carry the value rows' scales (not in l); for VNNI's
           // fixed point their largest is kept too (one pass over the row, not three).
-          if (vnni_values) {
-            auto max_p = hn::Zero(d);
-            w.alpha[r] = OnlineSoftmaxRowKeeping(d, units, sr, n_pad, m[r], l[r], [&](auto e, int64_t j) {
-              const auto weight = hn::Mul(e, hn::Load(d, v_scale + j));
-              max_p = hn::Max(max_p, weight);
-              hn::Store(weight, d, sr + j);
-            });
-            w.p16_max[r] = hn::GetLane(hn::MaxOfLanes(d, max_p));
-          } else {
-            w.alpha[r] = OnlineSoftmaxRowKeeping(d, units, sr, n_pad, m[r], l[r], [&](auto e, int64_t j) {
-              hn::Store(hn::Mul(e, hn::Load(d, v_scale + j)), d, sr + j);
-            });
-          }
+          auto max_p = hn::Zero(d);
+          w.alpha[r] = OnlineSoftmaxRowKeeping(d, units, sr, n_pad, m[r], l[r], [&](auto e, int64_t j) {
+            const auto weight = hn::Mul(e, hn::Load(d, v_scale + j));
+            if (vnni_values) max_p = hn::Max(max_p, weight);
+            hn::Store(weight, d, sr + j);
+          });
+          if (vnni_values) w.p16_max[r] = hn::GetLane(hn::MaxOfLanes(d, max_p));
         } else {
           w.alpha[r] = OnlineSoftmaxRow(d, units, sr, n_pad, m[r], l[r]);
         }

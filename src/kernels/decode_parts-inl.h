@@ -37,8 +37,7 @@ inline constexpr int kValueRows = 4;   // rows per pass over a V block
 // as long as its arithmetic.
 inline constexpr int64_t kKeysPerRequest = 8;
 static_assert(kBlock % kKeysPerRequest == 0, "a block's keys split into whole batches");
-// The same for the int8 P.V on VNNI (ValueBlockVnni), whose keys cost less
-// bookkeeping per batch relative to its arithmetic: 16 keys per batch (2
+// The same for the int8 P.V on VNNI (ValueBlockVnni): 16 keys per batch (2
 // threads, 32/8 heads, medians of alternating rounds: 4K tokens 0.241-0.247 ->
 // 0.230-0.239 ms, 32K 1.72-1.74 -> 1.69-1.71 in three series of four (the
 // fourth in one of the machine's slow phases), 128K and 1M the same; 32 keys
