@@ -14,9 +14,9 @@
 // with the V rows of the block (16 KiB at head_dim_v 128 in float16: stays
 // in L1 across the column chunks) streamed the same way. Meanwhile the next
 // block's K and V are requested into L2 a few lines per step of both passes
-// (per 8 keys in P.V), so memory streams while the block computes (fp16,
-// 128K tokens, 2 threads: 27.4 -> 24.6 ms, against the next block's K
-// requested during the scores only).
+// (per 8 keys in P.V, 16 in int8's VNNI P.V), so memory streams while the
+// block computes (fp16, 128K tokens, 2 threads: 27.4 -> 24.6 ms, against the
+// next block's K requested during the scores only).
 //
 // int8 caches compute in integer arithmetic where the CPU allows: P.V with
 // AVX512-VNNI (decode_vnni-inl.h), the scores on AMX-INT8 tiles where
