@@ -148,6 +148,29 @@ TEST(KVCache, SeveralQueryRowsGqaMqaAndOddHeadDims) {
   }
 }
 
+// A thread keeps its decode scratch for its next call while the sizes stay
+// the same: calls that change one size at a time and come back each match
+// the reference (a buffer kept too small would overflow, which the sanitizer
+// build reports).
+TEST(KVCache, DecodeAfterCallsOfOtherSizes) {
+  CacheSpec base;
+  base.capacity = 256, base.prefill = 200;
+  CacheSpec more_kv_heads = base, wider = base, wider_values = base, int8 = base;
+  more_kv_heads.kv_heads = 4;
+  wider.head_dim = 128;
+  wider_values.head_dim_v = 96;
+  int8.dtype = DType::kInt8;
+  uint32_t seed = 90;
+  for (const auto& [s, seq_q] : {std::pair{base, 1}, {more_kv_heads, 1}, {base, 1}, {base, 4},
+                                 {base, 1}, {wider, 1}, {base, 1}, {wider_values, 1}, {int8, 1},
+                                 {base, 1}}) {
+    SCOPED_TRACE(testing::Message() << "call " << seed - 90 << ": kv_heads " << s.kv_heads << " d "
+                                    << s.head_dim << "/" << s.head_dim_v << " seq_q " << seq_q
+                                    << " " << dtype_name(s.dtype));
+    expect_cache_matches_reference(s, seq_q, seed++);
+  }
+}
+
 // An int8 block's scales are turned 16 keys x 8 kv heads at a time where
 // they lie evenly (kv_heads a multiple of 8; a contiguous cache, or keys of
 // one page) and key by key elsewhere: every layout, with a last block short
