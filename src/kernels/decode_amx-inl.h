@@ -65,20 +65,34 @@ HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",amx-tile,amx-int8")
 inline void PackQueryTiles(const int16_t* HWY_RESTRICT q16, int64_t q_stride, int64_t rows,
                            int64_t group_rows, int64_t head_dim, int8_t* HWY_RESTRICT out) {
   std::memset(out, 0, static_cast<size_t>(head_dim / kAmxDims * kAmxTileBytes));
-  HWY_ALIGN int8_t hi[256], lo[256];  // head_dim <= 256
+  // m: [2 * group_rows][head_dim] bytes, hi of row n at row n, lo at row
+  // group_rows + n (zeros past `rows`). Seen as 32-bit elements, tile c is
+  // the transpose of m's columns [16c, 16c + 16).
+  alignas(64) int8_t m[16 * 256];  // group_rows <= 8, head_dim <= 256
+  std::memset(m, 0, static_cast<size_t>(2 * group_rows * head_dim));
+  const __m512i half_step = _mm512_set1_epi16(128);
+  const auto split = [&](const int16_t* q, __m256i& hi, __m256i& lo) {  // 32 elements
+    const __m512i v = _mm512_loadu_si512(q);
+    const __m512i h = _mm512_srai_epi16(_mm512_add_epi16(v, half_step), 8);  // floor((q + 128) / 256)
+    hi = _mm512_cvtepi16_epi8(h);
+    lo = _mm512_cvtepi16_epi8(_mm512_sub_epi16(v, _mm512_slli_epi16(h, 8)));  // in [-128, 127]
+  };
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t e = 0; e < head_dim; ++e) {
-      const int32_t q = q16[r * q_stride + e];
-      const int32_t h = (q + 128) >> 8;  // arithmetic: floor
-      hi[e] = static_cast<int8_t>(h);
-      lo[e] = static_cast<int8_t>(q - h * 256);
+    // 64 elements per store, the span Transpose16x16 loads (so its loads
+    // take the stored data forwarded, not after the stores complete).
+    for (int64_t e = 0; e < head_dim; e += 64) {
+      __m256i hi0, lo0, hi1, lo1;
+      split(q16 + r * q_stride + e, hi0, lo0);
+      split(q16 + r * q_stride + e + 32, hi1, lo1);
+      _mm512_store_si512(m + r * head_dim + e, _mm512_inserti64x4(_mm512_castsi256_si512(hi0), hi1, 1));
+      _mm512_store_si512(m + (group_rows + r) * head_dim + e,
+                         _mm512_inserti64x4(_mm512_castsi256_si512(lo0), lo1, 1));
     }
-    // Elements 4i .. 4i + 3 are one 4-byte column entry of tile i / 16, row i % 16.
-    for (int64_t i = 0; i < head_dim / 4; ++i) {
-      int8_t* row = out + i / 16 * kAmxTileBytes + i % 16 * 64;
-      std::memcpy(row + 4 * r, hi + 4 * i, 4);
-      std::memcpy(row + 4 * (group_rows + r), lo + 4 * i, 4);
-    }
+  }
+  for (int64_t c = 0; c < head_dim / kAmxDims; ++c) {
+    Transpose16x16(reinterpret_cast<const uint32_t*>(m + c * kAmxDims), head_dim / 4,
+                   reinterpret_cast<uint32_t*>(out + c * kAmxTileBytes), 16,
+                   static_cast<int>(2 * group_rows));
   }
 }
 
