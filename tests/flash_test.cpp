@@ -15,7 +15,9 @@
 #include <gtest/gtest.h>
 
 #include "kernels/flash_forward.h"
+#include "runtime/amx.h"
 #include "runtime/caches.h"
+#include "runtime/stream_output.h"
 #include "test_util.h"
 
 namespace qkv::test {
@@ -497,6 +499,49 @@ TEST(Flash, HalfStorage) {
     cases.push_back(Case().seq_q(20).seq_kv(70).logit_offset(1e3f));
     for (Case& c : cases) c.dtype(dtype).seed(seed++);
     check_all(cases);
+  }
+}
+
+// Large outputs are written with streaming stores (runtime/stream_output.h).
+// Forced onto small ones, they give the same bits as normal stores on every
+// target and storage type (bfloat16 on the float32 kernel and on AMX), with
+// rows of 1 to 200 elements at offsets that put a row's first line boundary
+// anywhere and leave lines partly covered at either end.
+TEST(Flash, StreamedOutputGivesTheSameBits) {
+  struct Restore {
+    ~Restore() {
+      internal::set_stream_output_bytes_for_test(0);
+      internal::flash_force_target(0);
+      internal::set_amx_enabled(true);
+    }
+  } restore;
+  std::vector<Case> cases;
+  uint32_t seed = 1700;
+  for (int64_t dv : {1, 5, 16, 33, 64, 100, 128, 200}) {
+    for (Layout layout : {Layout::kBshd, Layout::kPadded}) {
+      cases.push_back(Case().batch(2).seq_q(19).seq_kv(40).heads(4).kv_heads(2).head_dim(32)
+          .head_dim_v(dv).layout(layout).causal().seed(seed++));
+    }
+  }
+  for (int64_t t : internal::flash_targets()) {
+    internal::flash_force_target(t);
+    for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+      for (bool amx : {false, true}) {
+        if (amx && dtype != DType::kBFloat16) continue;
+        internal::set_amx_enabled(amx);
+        for (const Case& base : cases) {
+          const Case c = Case(base).dtype(dtype);
+          SCOPED_TRACE(testing::Message() << internal::flash_target_name(t) << (amx ? " amx " : " ")
+                                          << c.describe());
+          internal::set_stream_output_bytes_for_test(0);
+          const Result normal = Workload(c).run(Backend::kFlash);
+          internal::set_stream_output_bytes_for_test(1);
+          const Result streamed = Workload(c).run(Backend::kFlash);
+          EXPECT_TRUE(bitwise_equal(streamed.o, normal.o));
+          EXPECT_TRUE(bitwise_equal(streamed.lse, normal.lse));
+        }
+      }
+    }
   }
 }
 

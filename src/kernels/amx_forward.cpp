@@ -56,6 +56,7 @@
 #include "runtime/amx.h"
 #include "kernels/pack_tasks.h"
 #include "runtime/scratch.h"
+#include "runtime/stream_output.h"
 #include "runtime/threads.h"
 
 #ifdef QKV_HAVE_AMX
@@ -117,6 +118,7 @@ struct Geometry {
   int64_t k_elems = 0;     // packed K per (batch, kv head), bf16
   int64_t v_elems = 0;     // packed V per (batch, kv head), bf16
   int64_t heads_per_round = 0;
+  bool stream_o = false;  // o written with streaming stores (runtime/stream_output.h)
 
   explicit Geometry(const AttentionProblem& p) {
     dim_pad = RoundUp(std::max<int64_t>(p.head_dim, 1), kDimStep);
@@ -136,6 +138,8 @@ struct Geometry {
     q_tiles = CeilDiv(p.seq_q, block_q);
     heads_per_round = std::clamp<int64_t>(kPackBudgetBytes / head_bytes, 1,
                                           std::max<int64_t>(1, p.batch * p.kv_heads));
+    stream_o = stream_output(p.batch * p.seq_q * p.heads * p.head_dim_v *
+                             static_cast<int64_t>(dtype_size(p.dtype)));
   }
 };
 
@@ -444,7 +448,7 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
 
   // 3. Normalize once; fold in the sink; store O and LSE.
   for (int64_t r = 0; r < n_rows; ++r) {
-    StoreFinalRow(p, units, w.rows[r], w.m[r], w.l[r], w.o + r * g.dim_v_pad);
+    StoreFinalRow(p, units, w.rows[r], w.m[r], w.l[r], w.o + r * g.dim_v_pad, g.stream_o);
   }
 }
 
@@ -481,6 +485,7 @@ void AmxFlashForward(const AttentionProblem& p) {
           const uint16_t* base = pack + slot * head_elems;
           RunTile(p, g, b, h, tile, base, base + g.k_elems, scratch);
         });
+    if (g.stream_o) hwy::FlushStream();  // before the region's end, where o is read
   }
 }
 

@@ -76,17 +76,47 @@ HWY_INLINE void LoadRowScaled(DType dtype, const void* row, int64_t n, float sca
   }
 }
 
+// Where a row of `elem_size`-byte elements at `row` may take streaming
+// stores: elements [lead, end) are the whole 64-byte lines it covers (lead =
+// the elements before its first line boundary); {0, 0} if it covers none or
+// `row` is not aligned to its elements.
+struct LineSpan {
+  int64_t lead = 0, end = 0;
+};
+HWY_INLINE LineSpan WholeLines(const void* row, size_t elem_size, int64_t n) {
+  constexpr uintptr_t kLine = 64;
+  const uintptr_t at = reinterpret_cast<uintptr_t>(row);
+  if (at % elem_size != 0) return {};
+  const auto per_line = static_cast<int64_t>(kLine / elem_size);
+  const auto lead = static_cast<int64_t>((kLine - at % kLine) % kLine / elem_size);
+  if (lead >= n) return {};
+  return {lead, lead + (n - lead) / per_line * per_line};
+}
+
 // row[0, n) (storage type `dtype`: float32, float16 or bfloat16) = scale * in[0, n),
-// rounded to nearest.
+// rounded to nearest. `stream`: the row's whole cache lines are written with
+// streaming stores (no read of the lines first; the caller runs
+// hwy::FlushStream() before anyone reads the row), the rest with normal ones.
 HWY_INLINE void StoreRowScaled(const float* HWY_RESTRICT in, int64_t n, float scale, DType dtype,
-                               void* row) {
+                               void* row, bool stream = false) {
   const hn::ScalableTag<float> d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const auto vscale = hn::Set(d, scale);
+  // (Stored vectors of 16 bytes to a line: whole vectors fill the lines,
+  // and none is a partial vector, whose streaming store may write 16 bytes.)
+  const size_t elem_size = dtype_size(dtype);
+  const size_t vector_bytes = static_cast<size_t>(N) * elem_size;
+  const LineSpan lines = stream && vector_bytes >= 16 && vector_bytes <= 64
+                             ? WholeLines(row, elem_size, n)
+                             : LineSpan{};
   int64_t i = 0;
   switch (dtype) {
     case DType::kFloat32: {
       float* dst = static_cast<float*>(row);
+      if (lines.end > lines.lead) {
+        for (; i < lines.lead; ++i) dst[i] = in[i] * scale;
+        for (; i < lines.end; i += N) hn::Stream(hn::Mul(hn::LoadU(d, in + i), vscale), d, dst + i);
+      }
       for (; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, in + i), vscale), d, dst + i);
       for (; i < n; ++i) dst[i] = in[i] * scale;
       break;
@@ -97,6 +127,14 @@ HWY_INLINE void StoreRowScaled(const float* HWY_RESTRICT in, int64_t n, float sc
       // Hardware conversion (F16C, NEON) rounds to nearest even; Highway's
       // emulation on other targets truncates, so those take the scalar path.
       const hn::Rebind<hwy::float16_t, decltype(d)> dh;
+      const hn::Rebind<uint16_t, decltype(d)> du16;
+      if (lines.end > lines.lead) {
+        for (; i < lines.lead; ++i) dst[i].bits = f16_from_f32(in[i] * scale);
+        for (; i < lines.end; i += N) {
+          hn::Stream(hn::BitCast(du16, hn::DemoteTo(dh, hn::Mul(hn::LoadU(d, in + i), vscale))), du16,
+                     reinterpret_cast<uint16_t*>(dst) + i);
+        }
+      }
       for (; i + N <= n; i += N) {
         hn::StoreU(hn::DemoteTo(dh, hn::Mul(hn::LoadU(d, in + i), vscale)), dh, dst + i);
       }
@@ -106,16 +144,22 @@ HWY_INLINE void StoreRowScaled(const float* HWY_RESTRICT in, int64_t n, float sc
     }
     case DType::kBFloat16: {
       hwy::bfloat16_t* dst = static_cast<hwy::bfloat16_t*>(row);
+      uint16_t* bits_out = reinterpret_cast<uint16_t*>(dst);
       const hn::RebindToUnsigned<decltype(d)> du;
       const hn::RebindToSigned<decltype(d)> di;
       const hn::Rebind<uint16_t, decltype(d)> du16;
-      for (; i + N <= n; i += N) {
+      const auto rounded_bf16 = [&](int64_t at) {
         // Round to nearest even on the bits: add 0x7fff + lsb of the kept half.
-        const auto bits = hn::BitCast(du, hn::Mul(hn::LoadU(d, in + i), vscale));
+        const auto bits = hn::BitCast(du, hn::Mul(hn::LoadU(d, in + at), vscale));
         const auto lsb = hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u));
         const auto rounded = hn::ShiftRight<16>(hn::Add(bits, hn::Add(lsb, hn::Set(du, 0x7fffu))));
-        hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di, rounded)), du16, reinterpret_cast<uint16_t*>(dst) + i);
+        return hn::DemoteTo(du16, hn::BitCast(di, rounded));
+      };
+      if (lines.end > lines.lead) {
+        for (; i < lines.lead; ++i) dst[i].bits = bf16_from_f32(in[i] * scale);
+        for (; i < lines.end; i += N) hn::Stream(rounded_bf16(i), du16, bits_out + i);
       }
+      for (; i + N <= n; i += N) hn::StoreU(rounded_bf16(i), du16, bits_out + i);
       for (; i < n; ++i) dst[i].bits = bf16_from_f32(in[i] * scale);
       break;
     }

@@ -34,6 +34,7 @@
 #include "kernels/pack_tasks.h"
 #include "runtime/caches.h"
 #include "runtime/scratch.h"
+#include "runtime/stream_output.h"
 #include "runtime/threads.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -86,6 +87,7 @@ struct Geometry {
   int64_t k_floats = 0;     // packed K per (batch, kv head)
   int64_t v_floats = 0;     // packed V per (batch, kv head)
   int64_t heads_per_round = 0;
+  bool stream_o = false;    // o written with streaming stores (runtime/stream_output.h)
 
   explicit Geometry(const AttentionProblem& p) {
     const hn::ScalableTag<float> d;
@@ -120,6 +122,8 @@ struct Geometry {
     const int64_t head_bytes = std::max<int64_t>(1, (k_floats + v_floats) * 4);
     heads_per_round = std::clamp<int64_t>(kPackBudgetBytes / head_bytes, 1,
                                           std::max<int64_t>(1, p.batch * p.kv_heads));
+    stream_o = stream_output(p.batch * p.seq_q * p.heads * p.head_dim_v *
+                             static_cast<int64_t>(dtype_size(p.dtype)));
   }
 };
 
@@ -304,7 +308,7 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
 
   // 3. Normalize once; fold in the sink; store O and LSE.
   for (int64_t r = 0; r < n_rows; ++r) {
-    StoreFinalRow(p, units, w.rows[r], w.m[r], w.l[r], w.o.get() + r * g.dv_pad);
+    StoreFinalRow(p, units, w.rows[r], w.m[r], w.l[r], w.o.get() + r * g.dv_pad, g.stream_o);
   }
 }
 
@@ -334,6 +338,7 @@ void FlashForwardImpl(const AttentionProblem& p) {
           const float* base = pack + slot * head_floats;
           RunTile(p, g, b, h, tile, base, base + g.k_floats, scratch);
         });
+    if (g.stream_o) hwy::FlushStream();  // before the region's end, where o is read
   }
 }
 

@@ -238,9 +238,11 @@ HWY_INLINE float OnlineSoftmaxRow(D d, const ScoreUnits& units, float* HWY_RESTR
 // Writes one finished row: o = acc / l (with the sink folded into l) in the
 // storage type, lse = (m + log2 l) * ln 2. A row that saw no visible key
 // (l = 0) is written as o = 0, lse = -inf, with or without a sink.
+// `stream`: o's whole lines with streaming stores (StoreRowScaled).
 //   acc: [head_dim_v] floats, acc = sum_j 2^(s_j - m) v_j
 HWY_INLINE void StoreFinalRow(const AttentionProblem& p, const ScoreUnits& units,
-                              const TileRow& row, float m, float l, const float* HWY_RESTRICT acc) {
+                              const TileRow& row, float m, float l, const float* HWY_RESTRICT acc,
+                              bool stream = false) {
   constexpr float kLn2 = 0.6931471805599453f;
   float out_scale = 0.0f, lse = -std::numeric_limits<float>::infinity();
   if (l > 0) {
@@ -259,7 +261,8 @@ HWY_INLINE void StoreFinalRow(const AttentionProblem& p, const ScoreUnits& units
   }
   const size_t elem = dtype_size(p.dtype);
   StoreRowScaled(acc, p.head_dim_v, out_scale, p.dtype,
-                 static_cast<char*>(p.o) + p.o_stride.offset(row.batch, row.query, row.head) * elem);
+                 static_cast<char*>(p.o) + p.o_stride.offset(row.batch, row.query, row.head) * elem,
+                 stream);
   if (p.lse) {
     p.lse[row.batch * p.lse_stride_b + row.head * p.lse_stride_h + row.query * p.lse_stride_s] = lse;
   }
