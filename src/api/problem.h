@@ -67,6 +67,10 @@ struct AttentionProblem {
 
   // Keys of batch b.
   int64_t keys(int64_t b) const { return kv_len ? kv_len[b] : seq_kv; }
+  // Bytes of o's elements: [batch, seq_q, heads, head_dim_v] in dtype.
+  int64_t o_bytes() const {
+    return batch * seq_q * heads * head_dim_v * static_cast<int64_t>(dtype_size(dtype));
+  }
   // Offset that aligns query i with key i + diag (bottom-right alignment).
   int64_t diag(int64_t b) const { return keys(b) - seq_q; }
 

@@ -138,8 +138,7 @@ struct Geometry {
     q_tiles = CeilDiv(p.seq_q, block_q);
     heads_per_round = std::clamp<int64_t>(kPackBudgetBytes / head_bytes, 1,
                                           std::max<int64_t>(1, p.batch * p.kv_heads));
-    stream_o = stream_output(p.batch * p.seq_q * p.heads * p.head_dim_v *
-                             static_cast<int64_t>(dtype_size(p.dtype)));
+    stream_o = stream_output(p.o_bytes());
   }
 };
 
