@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Times other attention implementations on the cases of `qkv bench`.
 
-`qkv bench` runs this script once per run, with the list of cases in a JSON
-file, and reads one JSON document from its standard output. Progress goes to
-standard error. It also runs on its own:
+`qkv bench` runs this script as a server (--serve) for the whole run and asks
+it for each case right after timing qkv on that case, so that both sides of a
+speed-up see the same machine state. It also runs on its own, on a list of
+cases, printing one JSON document; progress goes to standard error:
 
     python3 bench/peers.py --cases cases.json --threads 2
     echo '[{"name": "d128-h32/8-s1024-causal-fp32", "seq_q": 1024, "seq_kv": 1024,
@@ -17,11 +18,21 @@ Causal masks are top-left in PyTorch and bottom-right in qkv; they agree
 because the sweep has seq_q == seq_kv. Peers whose causal mask would differ
 (seq_q != seq_kv) report the case as unavailable rather than time other work.
 
-Output:
+Output (list mode):
     {"python": "3.11.7",
      "peers": {"torch": {"version": "2.5.1", "notes": [...]} | {"unavailable": why}, ...},
      "results": [{"case": name, "impl": peer, "seconds": median, "times": [...],
                   "note": str?} | {"case": name, "impl": peer, "unavailable": why}]}
+
+Serve mode (--serve), one JSON document per line both ways:
+    first line out: {"python": ..., "peers": {...}}        (as above, once the
+                                                            peers are imported)
+    each line in:   {"peer": "torch", "case": {a case}}
+    its line out:   one "results" row of that case and peer, written after
+                    IDLE_SECONDS without work, so that the peer's worker
+                    threads have stopped spinning when the caller times again.
+    end of input:   exit 0.
+Anything a library prints goes to standard error, never into the protocol.
 
 Peers:
   torch        torch.nn.functional.scaled_dot_product_attention on [B, H, S, D]
@@ -61,6 +72,9 @@ SINGLE_RUN_ABOVE_SEQ = 8192
 # A peer that materializes the [batch, heads, seq_q, seq_kv] float32 score
 # matrix runs only if it takes at most this fraction of MemAvailable.
 MEMORY_FRACTION = 0.6
+# Serve mode: idle time between a peer's last call and the reply (thread pools
+# spin for a while after a call before they sleep).
+IDLE_SECONDS = 0.25
 KNOWN_PEERS = ("torch", "onnxruntime")
 
 
@@ -394,11 +408,107 @@ PEER_CLASSES = {"torch": TorchPeer, "onnxruntime": OnnxRuntimePeer}
 
 # ---------------------------------------------------------------- main
 
+class Peers:
+    """The peers asked for, imported once, and the inputs of the latest shape."""
+
+    def __init__(self, names, threads, progress):
+        self.report_header = {"python": platform.python_version(), "peers": {}}
+        self.loaded = {}
+        self.unavailable = {}
+        try:
+            import numpy as np
+            self.np = np
+        except ImportError as e:
+            self.np = None
+            numpy_missing = f"numpy is not installed ({short_error(e)})"
+        for name in names:
+            progress.start(f"peers.py: importing {name}...")
+            try:
+                if self.np is None:
+                    raise ImportError(numpy_missing)
+                peer = PEER_CLASSES[name](threads)
+            except Exception as e:  # not installed, or broken: report, don't fail
+                why = short_error(e)
+                progress.append(" unavailable: " + why)
+                self.unavailable[name] = why
+                self.report_header["peers"][name] = {"unavailable": why}
+                continue
+            self.loaded[name] = peer
+            self.report_header["peers"][name] = {"version": peer.version, "notes": peer.notes}
+            progress.append(f" {peer.version}")
+        self.shape, self.inputs = None, None
+
+    def run(self, name, case):
+        """One results row: peer `name` timed on `case`, or why it was not."""
+        if name in self.unavailable:
+            return {"case": case["name"], "impl": name, "unavailable": self.unavailable[name]}
+        key = (case["batch"], case["seq_q"], case["seq_kv"], case["heads"], case["kv_heads"], case["head_dim"])
+        if key != self.shape:
+            self.shape, self.inputs = None, None  # free the previous inputs first
+            self.inputs = random_inputs(self.np, case)
+            self.shape = key
+        try:
+            result = self.loaded[name].run(case, self.inputs)
+        except MemoryError:
+            result = {"unavailable": "out of memory"}
+        except Exception as e:  # one failing case does not end the run
+            result = {"unavailable": short_error(e)}
+        return {"case": case["name"], "impl": name, **result}
+
+    def release_inputs(self):
+        self.shape, self.inputs = None, None
+
+
+def run_list(peers, names, cases, progress):
+    """List mode: every case for each peer in turn; the whole report."""
+    report = dict(peers.report_header, results=[])
+    for name in names:
+        for n, case in enumerate(cases):
+            progress.start(f"[{n + 1}/{len(cases)}] {case['name']}: {name}...")
+            row = peers.run(name, case)
+            if "seconds" in row:
+                progress.append(f" {row['seconds'] * 1e3:.1f} ms")
+            else:
+                progress.append(" unavailable: " + row["unavailable"])
+            report["results"].append(row)
+        peers.release_inputs()
+    progress.finish()
+    return report
+
+
+def serve(peers, names, out):
+    """Serve mode (see the module docstring): requests on stdin, rows on `out`."""
+    def send(document):
+        out.write(json.dumps(document) + "\n")
+        out.flush()
+
+    send(peers.report_header)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            name = request["peer"]
+            case = normalize_case(request["case"])
+        except (KeyError, TypeError, ValueError) as e:  # the caller's bug: say so, go on
+            send({"case": "?", "impl": "?", "unavailable": f"bad request: {short_error(e)}"})
+            continue
+        if name not in names:
+            send({"case": case["name"], "impl": str(name), "unavailable": f"peer not asked for (--peers {','.join(names)})"})
+            continue
+        row = peers.run(name, case)
+        time.sleep(IDLE_SECONDS)
+        send(row)
+    return 0
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         description="Time PyTorch and ONNX Runtime attention on qkv bench's cases; prints JSON results.",
         epilog="Input: a JSON list of cases (see the module docstring); output: JSON on stdout.")
     parser.add_argument("--cases", default="-", help="JSON file with the list of cases ('-' = stdin, the default)")
+    parser.add_argument("--serve", action="store_true",
+                        help="answer one case and peer per line of stdin (the protocol of qkv bench)")
     parser.add_argument("--threads", type=int, default=0, help="threads for every peer (0 = os.cpu_count())")
     parser.add_argument("--peers", default=",".join(KNOWN_PEERS),
                         help="comma-separated peers to run (default: %(default)s)")
@@ -408,59 +518,29 @@ def parse_args(argv):
 def main(argv):
     args = parse_args(argv)
     threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
-    peers = [p for p in args.peers.split(",") if p]
-    unknown = [p for p in peers if p not in PEER_CLASSES]
+    names = [p for p in args.peers.split(",") if p]
+    unknown = [p for p in names if p not in PEER_CLASSES]
     if unknown:
         print(f"peers.py: unknown peer(s) {', '.join(unknown)}; known: {', '.join(KNOWN_PEERS)}", file=sys.stderr)
         return 2
+    # The protocol (or the report) owns the real stdout; whatever a library
+    # prints goes to stderr.
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    if args.serve:
+        progress = Progress()
+        peers = Peers(names, threads, progress)
+        progress.finish()
+        return serve(peers, names, out)
     text = sys.stdin.read() if args.cases == "-" else open(args.cases).read()
     raw = json.loads(text)
     cases = [normalize_case(c) for c in (raw["cases"] if isinstance(raw, dict) else raw)]
-
-    report = {"python": platform.python_version(), "peers": {}, "results": []}
     progress = Progress()
-    try:
-        import numpy as np
-    except ImportError as e:
-        np = None
-        numpy_missing = f"numpy is not installed ({short_error(e)})"
-    for peer_name in peers:
-        progress.start(f"peers.py: importing {peer_name}...")
-        try:
-            if np is None:
-                raise ImportError(numpy_missing)
-            peer = PEER_CLASSES[peer_name](threads)
-        except Exception as e:  # not installed, or broken: report, don't fail
-            why = short_error(e)
-            progress.append(" unavailable: " + why)
-            report["peers"][peer_name] = {"unavailable": why}
-            report["results"] += [{"case": c["name"], "impl": peer_name, "unavailable": why} for c in cases]
-            continue
-        report["peers"][peer_name] = {"version": peer.version, "notes": peer.notes}
-        progress.append(f" {peer.version}")
-        shape, inputs = None, None
-        for n, case in enumerate(cases):
-            progress.start(f"[{n + 1}/{len(cases)}] {case['name']}: {peer_name}...")
-            key = (case["batch"], case["seq_q"], case["seq_kv"], case["heads"], case["kv_heads"], case["head_dim"])
-            if key != shape:
-                shape, inputs = None, None  # free the previous inputs first
-                inputs = random_inputs(np, case)
-                shape = key
-            try:
-                result = peer.run(case, inputs)
-            except MemoryError:
-                result = {"unavailable": "out of memory"}
-            except Exception as e:  # one failing case does not end the run
-                result = {"unavailable": short_error(e)}
-            if "seconds" in result:
-                progress.append(f" {result['seconds'] * 1e3:.1f} ms")
-            else:
-                progress.append(" unavailable: " + result["unavailable"])
-            report["results"].append({"case": case["name"], "impl": peer_name, **result})
-        inputs = None
-    progress.finish()
-    json.dump(report, sys.stdout, indent=1)
-    sys.stdout.write("\n")
+    peers = Peers(names, threads, progress)
+    report = run_list(peers, names, cases, progress)
+    json.dump(report, out, indent=1)
+    out.write("\n")
+    out.flush()
     return 0
 
 

@@ -1,10 +1,15 @@
 // Tests of `qkv bench` and `qkv bench decode`: the built program (QKV_CLI_PATH)
-// on one small case each, without the Python peers. Nothing here looks at a
+// on one small case each, without the Python peers (a stand-in for their
+// interpreter checks how the bench talks to it). Nothing here looks at a
 // time beyond its being positive: these check that the commands run, agree
 // with their baselines and write the --json they document, not speed.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "bench_json.h"
 #include "cli_run.h"
@@ -12,14 +17,27 @@
 namespace qkv::tools {
 namespace {
 
-// `qkv <args>` in a fresh directory; json(name) parses a file it wrote there.
+// `qkv <args>` in a fresh directory, after writing `files` (name, text) there;
+// json(name) parses a file it wrote there.
 class BenchRun {
  public:
-  explicit BenchRun(const std::string& args) : run_(run_qkv(dir_, args)) {}
+  explicit BenchRun(const std::string& args, const std::vector<std::pair<std::string, std::string>>& files = {})
+      : run_(write_then_run(dir_, files, args)) {}
   const CliResult& run() const { return run_; }
   Json json(const std::string& name) const { return Json::parse(read_bytes(dir_.file(name))); }
 
+  std::string text(const std::string& name) const { return read_bytes(dir_.file(name)); }
+
  private:
+  static CliResult write_then_run(const TempDir& dir, const std::vector<std::pair<std::string, std::string>>& files,
+                                  const std::string& args) {
+    for (const auto& [name, text] : files) {
+      std::ofstream(dir.file(name), std::ios::binary) << text;
+      std::filesystem::permissions(dir.file(name), std::filesystem::perms::owner_all);
+    }
+    return run_qkv(dir, args);
+  }
+
   TempDir dir_;
   CliResult run_;
 };
@@ -59,6 +77,47 @@ TEST(CliBench, OneCaseWithoutPeersAgreesWithTheBaselineAndWritesItsJson) {
   // The materializing baseline checks qkv's output on every float32 case.
   EXPECT_LE(number(*baseline, "max_abs_diff_vs_qkv"), 1e-4);
   EXPECT_EQ(report.find("scaling")->find("skipped")->as_string(), "--threads 1");
+}
+
+// A stand-in for the interpreter that runs peers.py --serve: it answers the
+// version query, names two peers, answers the first request (recording it)
+// with a time, and exits at the second, as a crash would.
+constexpr const char* kFakePython = R"(#!/bin/sh
+if [ "$1" = "-c" ]; then echo 3.11.0; exit 0; fi
+echo '{"python": "3.11.0", "peers": {"torch": {"version": "0.0-test"}, "onnxruntime": {"version": "0.0-test"}}}'
+read request; echo "$request" > requests.txt
+echo '{"case": "d64-h32/8-s512-causal-fp32", "impl": "torch", "seconds": 0.25, "note": "fake"}'
+read request; exit 3
+)";
+
+TEST(CliBench, PeersAreAskedCaseByCaseAndAPeerThatDiesIsReportedNotFatal) {
+  const BenchRun bench(
+      "bench --cases '^d64-h32/8-s512-(causal|full)-fp32$' --threads 1 --python ./fake-python --json out.json",
+      {{"fake-python", kFakePython}});
+  ASSERT_EQ(bench.run().exit_code, 0) << bench.run().err;
+  // The request: one JSON line naming the peer and the whole case.
+  const Json request = Json::parse(bench.text("requests.txt"));
+  EXPECT_EQ(request.find("peer")->as_string(), "torch");
+  EXPECT_EQ(request.find("case")->find("name")->as_string(), "d64-h32/8-s512-causal-fp32");
+  EXPECT_EQ(number(*request.find("case"), "seq_q"), 512);
+  EXPECT_EQ(number(*request.find("case"), "kv_heads"), 8);
+
+  const Json report = bench.json("out.json");
+  const Json::Array& cases = report.find("cases")->as_array();
+  ASSERT_EQ(cases.size(), 2u);
+  for (const Json& c : cases) {
+    const double peak = number(c, "peak_gflops");  // each case's own probe
+    EXPECT_GT(peak, 0);
+    const Json* qkv = c.find("results")->find("qkv");
+    EXPECT_NEAR(number(*qkv, "percent_of_peak"), 100 * number(*qkv, "gflops") / peak, 1e-9);
+  }
+  const Json* torch = cases[0].find("results")->find("torch");
+  EXPECT_EQ(number(*torch, "seconds"), 0.25);
+  EXPECT_EQ(torch->find("note")->as_string(), "fake");
+  const std::string died = "peers.py exited during the run (see above)";
+  EXPECT_EQ(cases[0].find("results")->find("onnxruntime")->find("skipped")->as_string(), died);
+  EXPECT_EQ(cases[1].find("results")->find("torch")->find("skipped")->as_string(), died);
+  EXPECT_EQ(report.find("peers")->find("failure")->as_string(), died);
 }
 
 TEST(CliBench, DecodeOneContextPerCacheTypeAgreesWithTheBaseline) {

@@ -2,15 +2,18 @@
 //
 // One run, one machine state:
 //   1. the fp32 FMA peak with qkv's own probe (runtime/peak_probe.h), with
-//      all the threads and with one;
-//   2. every case of the sweep (bench_cases.h) timed with qkv::attention and
-//      with the materializing OpenBLAS baseline (baseline.h), whose output
-//      also checks qkv's;
+//      all the threads and with one; the Python peers (bench/peers.py:
+//      PyTorch, ONNX Runtime) imported in a child process that serves the
+//      whole run;
+//   2. every case of the sweep (bench_cases.h), one after the other: the FMA
+//      peak again, then qkv::attention, the materializing OpenBLAS baseline
+//      (baseline.h), whose output also checks qkv's, and the peers, all with
+//      the same threads, within seconds of each other (this machine's clock
+//      phases change a call's time by 10% and more within minutes, so every
+//      ratio of a case, to the peak too, is taken inside one such window);
 //   3. qkv with one thread against all of them on one case (scaling);
-//   4. the Python peers (bench/peers.py: PyTorch, ONNX Runtime) on the same
-//      cases and threads, in one child process;
-//   5. the FMA peak again: a machine that slowed down (heat, a neighbour)
-//      shows as a gap between the two;
+//   4. the FMA peak again: a machine that slowed down (heat, a neighbour)
+//      shows as a gap between the first and the last;
 // then one table per shape on stdout, --json with every number and --plot
 // (bench/plot.py). Progress goes to stderr.
 #include <unistd.h>  // access
@@ -240,17 +243,20 @@ class Stopwatch {
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 
-// Times qkv and the baseline on every case, in order; inputs are made once
-// per shape and shared by the cases that follow with the same shape.
+// Times the FMA peak, qkv, the baseline and the peers on every case, in
+// order; inputs are made once per shape and shared by the cases that follow
+// with the same shape.
 std::vector<CaseResult> run_sweep(const std::vector<BenchCase>& cases, int threads, bool amx_bf16,
-                                  const Stopwatch& clock, ProgressLine& progress) {
+                                  PeersServer& peers, const Stopwatch& clock, ProgressLine& progress) {
   std::vector<CaseResult> results;
   std::unique_ptr<Inputs> inputs;
   for (size_t n = 0; n < cases.size(); ++n) {
     const BenchCase& c = cases[n];
     CaseResult result{c, {}};
-    progress.start(format("[%zu/%zu %s] %s: qkv...", n + 1, cases.size(), clock.elapsed().c_str(),
+    progress.start(format("[%zu/%zu %s] %s: peak...", n + 1, cases.size(), clock.elapsed().c_str(),
                           c.name().c_str()));
+    result.peak = measure_peak(threads);
+    progress.append(format(" %.0f, qkv...", result.peak));
     if (!inputs || !inputs->serves(c)) {
       inputs.reset();  // free the previous shape first
       inputs = std::make_unique<Inputs>(c);
@@ -298,6 +304,17 @@ std::vector<CaseResult> run_sweep(const std::vector<BenchCase>& cases, int threa
       progress.append(" " + format_time(baseline.seconds));
     } else {
       progress.append(" skipped");
+      std::this_thread::sleep_for(kBlasIdle);  // qkv's workers too spin a little after a call
+    }
+
+    for (const std::string& name : peers.names()) {
+      progress.append(", " + name + "...");
+      const PeerResult peer = peers.time(c, name);
+      Measured& m = result.impl[name];
+      m.seconds = peer.unavailable.empty() ? peer.seconds : 0;
+      m.skipped = peer.unavailable;
+      m.note = peer.note;
+      progress.append(m.ok() ? " " + format_time(m.seconds) : " unavailable");
     }
     results.push_back(std::move(result));
   }
@@ -323,24 +340,6 @@ Scaling run_scaling(int threads, ProgressLine& progress) {
   scaling.seconds = time_call([&] { attention(all); }, kScalingCase.seq);
   progress.append(" " + format_time(scaling.seconds));
   return scaling;
-}
-
-// Copies peers.py's results into the case results.
-void merge_peers(std::vector<CaseResult>& results, const PeersReport& peers) {
-  for (CaseResult& r : results) {
-    const auto found = peers.results.find(r.shape.name());
-    for (const std::string& peer : peers.names) {
-      Measured& m = r.impl[peer];
-      if (found == peers.results.end() || found->second.count(peer) == 0) {
-        m.skipped = "no result";
-        continue;
-      }
-      const PeerResult& p = found->second.at(peer);
-      m.seconds = p.unavailable.empty() ? p.seconds : 0;
-      m.skipped = p.unavailable;
-      m.note = p.note;
-    }
-  }
 }
 
 void write_file(const std::string& path, const std::string& text) {
@@ -413,17 +412,17 @@ void run_bench(const BenchOptions& options) {
   run.peak.one_thread = threads == 1 ? run.peak.start : measure_peak(1);
   progress.append(format(" %.1f GFLOP/s, %.1f with 1 thread; warming up...", run.peak.start, run.peak.one_thread));
   warm_up(threads);
-
-  run.cases = run_sweep(cases, threads, machine.amx_bf16, clock, progress);
-  run.scaling = run_scaling(threads, progress);
-
   if (options.peers != "none") {
-    progress.start(format("[%s] peers: %s bench/peers.py on %zu cases...", clock.elapsed().c_str(),
-                          options.python.c_str(), cases.size()));
-    progress.finish();  // peers.py reports its own progress
+    progress.start(format("[%s] peers: %s bench/peers.py --serve...", clock.elapsed().c_str(),
+                          options.python.c_str()));
+    progress.finish();  // peers.py reports its imports itself
   }
-  run.peers = run_peers(options.python, options.peers, cases, threads);
-  merge_peers(run.cases, run.peers);
+  PeersServer peers(options.python, options.peers, threads);
+  if (!peers.report().failure.empty()) std::fprintf(stderr, "peers: %s\n", peers.report().failure.c_str());
+
+  run.cases = run_sweep(cases, threads, machine.amx_bf16, peers, clock, progress);
+  run.peers = peers.report();
+  run.scaling = run_scaling(threads, progress);
 
   progress.start(format("[%s] FMA peak again...", clock.elapsed().c_str()));
   run.peak.end = measure_peak(threads);

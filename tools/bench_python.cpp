@@ -1,12 +1,16 @@
 // Runs bench/peers.py and bench/plot.py; see bench_python.h.
 #include "bench_python.h"
 
+#include <fcntl.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -89,12 +93,46 @@ std::vector<std::string> split_commas(const std::string& list) {
   return parts;
 }
 
-// Every case marked unavailable for every peer, for the same reason.
-void mark_all(PeersReport& report, const std::vector<BenchCase>& cases, const std::string& reason) {
-  report.failure = reason;
-  for (const BenchCase& c : cases) {
-    for (const std::string& peer : report.names) report.results[c.name()][peer].unavailable = reason;
+// One "results" row of peers.py as a PeerResult.
+PeerResult parse_row(const Json& row) {
+  PeerResult result;
+  if (const Json* seconds = row.find("seconds"); seconds != nullptr && seconds->is_number()) {
+    result.seconds = seconds->as_number();
   }
+  if (const Json* reason = row.find("unavailable"); reason != nullptr && reason->is_string()) {
+    result.unavailable = reason->as_string();
+  } else if (!(result.seconds > 0)) {
+    result.unavailable = "no time reported";
+  }
+  if (const Json* note = row.find("note"); note != nullptr && note->is_string()) result.note = note->as_string();
+  return result;
+}
+
+// A case as peers.py reads it.
+Json case_json(const BenchCase& c) {
+  return Json::Object{{"name", c.name()},       {"batch", 1},         {"seq_q", c.seq},
+                      {"seq_kv", c.seq},        {"heads", c.heads},   {"kv_heads", c.kv_heads},
+                      {"head_dim", c.head_dim}, {"causal", c.causal}, {"dtype", short_dtype_name(c.dtype)}};
+}
+
+// Writes all of `text` to fd; false if the reader is gone.
+bool write_all(int fd, const std::string& text) {
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// One line from `in` without its newline; false at the end of input.
+bool read_line(std::FILE* in, std::string& line) {
+  line.clear();
+  int c = 0;
+  while ((c = std::fgetc(in)) != EOF && c != '\n') line.push_back(static_cast<char>(c));
+  return c != EOF || !line.empty();
 }
 
 }  // namespace
@@ -122,80 +160,103 @@ std::string python_version(const std::string& python) {
   return version;
 }
 
-PeersReport run_peers(const std::string& python, const std::string& peers, const std::vector<BenchCase>& cases,
-                      int threads) {
-  PeersReport report;
-  report.names = peers == "auto" ? std::vector<std::string>{"torch", "onnxruntime"} : split_commas(peers);
-  if (peers == "none" || report.names.empty()) {
-    report.names.clear();
-    return report;
+PeersServer::PeersServer(const std::string& python, const std::string& peers, int threads) {
+  start(python, peers, threads);
+}
+
+void PeersServer::start(const std::string& python, const std::string& peers, int threads) {
+  report_.names = peers == "auto" ? std::vector<std::string>{"torch", "onnxruntime"} : split_commas(peers);
+  if (peers == "none" || report_.names.empty()) {
+    report_.names.clear();
+    return;
   }
   const std::string script = find_bench_script("peers.py");
-  if (script.empty()) {
-    mark_all(report, cases, "bench/peers.py not found");
-    return report;
-  }
-  if (python_version(python).empty()) {
-    mark_all(report, cases, "'" + python + "' cannot be run");
-    return report;
-  }
+  if (script.empty()) return fail("bench/peers.py not found");
+  if (python_version(python).empty()) return fail("'" + python + "' cannot be run");
 
-  Json list{Json::Array{}};
-  for (const BenchCase& c : cases) {
-    list.push(Json::Object{{"name", c.name()},
-                           {"batch", 1},
-                           {"seq_q", c.seq},
-                           {"seq_kv", c.seq},
-                           {"heads", c.heads},
-                           {"kv_heads", c.kv_heads},
-                           {"head_dim", c.head_dim},
-                           {"causal", c.causal},
-                           {"dtype", short_dtype_name(c.dtype)}});
+  int in[2] = {-1, -1}, out[2] = {-1, -1};  // the child's stdin and stdout
+  if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) {
+    for (const int fd : {in[0], in[1], out[0], out[1]}) {
+      if (fd >= 0) ::close(fd);
+    }
+    return fail(std::string("cannot create a pipe: ") + std::strerror(errno));
   }
-  const TempFile input(list.dump(0));
-  std::string command = shell_quote(python) + " " + shell_quote(script) + " --cases " + shell_quote(input.path()) +
-                        " --threads " + std::to_string(threads);
+  std::string command = "exec " + shell_quote(python) + " " + shell_quote(script) +
+                        " --serve --threads " + std::to_string(threads);
   if (peers != "auto") command += " --peers " + shell_quote(peers);
-  const ChildResult child = run_capture(command);
-  if (child.status != 0) {
-    mark_all(report, cases, "peers.py failed (exit status " + std::to_string(child.status) + ", see above)");
-    return report;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, in[0], STDIN_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  const char* argv[] = {"/bin/sh", "-c", command.c_str(), nullptr};
+  std::fflush(stdout);
+  std::fflush(stderr);
+  pid_t pid = -1;
+  const int spawned = ::posix_spawn(&pid, "/bin/sh", &actions, nullptr, const_cast<char* const*>(argv), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(in[0]);
+  ::close(out[1]);
+  if (spawned != 0) {
+    ::close(in[1]);
+    ::close(out[0]);
+    return fail(std::string("cannot start /bin/sh: ") + std::strerror(spawned));
   }
-  try {
-    report.raw = Json::parse(child.out);
-  } catch (const CommandError& e) {
-    mark_all(report, cases, std::string("peers.py printed no valid JSON: ") + e.what());
-    return report;
-  }
+  pid_ = pid;
+  to_child_ = in[1];
+  from_child_ = ::fdopen(out[0], "r");
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  ::sigaction(SIGPIPE, &ignore, &old_sigpipe_);
 
-  // Every (case, peer) starts as "no result"; peers.py's rows fill them in.
-  for (const BenchCase& c : cases) {
-    for (const std::string& peer : report.names) report.results[c.name()][peer].unavailable = "no result";
+  std::string line;
+  if (!read_line(from_child_, line)) return fail("peers.py exited at start (see above)");
+  try {
+    report_.raw = Json::parse(line);
+  } catch (const CommandError& e) {
+    return fail(std::string("peers.py's first line is not JSON: ") + e.what());
   }
-  const Json* rows = report.raw.find("results");
-  if (rows == nullptr || !rows->is_array()) {
-    mark_all(report, cases, "peers.py printed no \"results\" list");
-    return report;
-  }
-  for (const Json& row : rows->as_array()) {
-    const Json* name = row.find("case");
-    const Json* impl = row.find("impl");
-    if (name == nullptr || impl == nullptr || !name->is_string() || !impl->is_string()) continue;
-    auto found = report.results.find(name->as_string());
-    if (found == report.results.end()) continue;
-    PeerResult result;
-    if (const Json* seconds = row.find("seconds"); seconds != nullptr && seconds->is_number()) {
-      result.seconds = seconds->as_number();
+  if (report_.raw.find("peers") == nullptr) fail("peers.py's first line has no \"peers\"");
+}
+
+PeersServer::~PeersServer() {
+  if (to_child_ >= 0) ::close(to_child_);  // end of input: peers.py exits
+  if (from_child_ != nullptr) std::fclose(from_child_);
+  if (pid_ > 0) {
+    int status = 0;
+    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
     }
-    if (const Json* reason = row.find("unavailable"); reason != nullptr && reason->is_string()) {
-      result.unavailable = reason->as_string();
-    } else if (!(result.seconds > 0)) {
-      result.unavailable = "no time reported";
-    }
-    if (const Json* note = row.find("note"); note != nullptr && note->is_string()) result.note = note->as_string();
-    found->second[impl->as_string()] = result;
+    ::sigaction(SIGPIPE, &old_sigpipe_, nullptr);
   }
-  return report;
+}
+
+void PeersServer::fail(const std::string& why) {
+  if (report_.failure.empty()) report_.failure = why;
+}
+
+PeerResult PeersServer::time(const BenchCase& c, const std::string& peer) {
+  PeerResult result;
+  std::string line;
+  if (running() && write_all(to_child_, Json(Json::Object{{"peer", peer}, {"case", case_json(c)}}).dump(0) + "\n") &&
+      read_line(from_child_, line)) {
+    try {
+      const Json row = Json::parse(line);
+      const Json* name = row.find("case");
+      const Json* impl = row.find("impl");
+      if (name == nullptr || impl == nullptr || !name->is_string() || !impl->is_string() ||
+          name->as_string() != c.name() || impl->as_string() != peer) {
+        fail("peers.py answered another question than " + c.name() + " on " + peer + ": " + line);
+      } else {
+        result = parse_row(row);
+      }
+    } catch (const CommandError& e) {
+      fail(std::string("peers.py answered with no valid JSON: ") + e.what());
+    }
+  } else if (running()) {
+    fail("peers.py exited during the run (see above)");
+  }
+  if (!report_.failure.empty()) result = PeerResult{0, report_.failure, ""};
+  report_.results[c.name()][peer] = result;
+  return result;
 }
 
 std::string run_plot(const std::string& python, const Json& report, const std::string& png_path) {

@@ -4,6 +4,9 @@
 // library is missing the bench says so and goes on without it.
 #pragma once
 
+#include <signal.h>
+
+#include <cstdio>
 #include <map>
 #include <string>
 #include <vector>
@@ -31,15 +34,45 @@ struct PeerResult {
 struct PeersReport {
   std::vector<std::string> names;  // the peers asked for, in order ("torch", "onnxruntime")
   std::map<std::string, std::map<std::string, PeerResult>> results;  // [case name][peer]
-  std::string failure;  // set when peers.py could not run at all (every result says why too)
-  Json raw;             // peers.py's whole output, kept for --json
+  std::string failure;  // set when peers.py could not start or stopped answering (later results say why too)
+  Json raw;             // peers.py's first line (versions, notes), kept for --json
 };
 
-// Runs peers.py once on every case with `threads` threads. `peers` is "auto"
-// (every peer peers.py knows), "none", or a comma-separated list. Never
-// throws for a missing interpreter, script or library: it reports them.
-PeersReport run_peers(const std::string& python, const std::string& peers, const std::vector<BenchCase>& cases,
-                      int threads);
+// bench/peers.py in serve mode, a child process for the whole run: time()
+// asks it for one peer on one case, so `qkv bench` times a case's peers right
+// after qkv on it (the same machine state on both sides of a speed-up; this
+// machine's clock phases move a call's time by 10% and more within minutes).
+class PeersServer {
+ public:
+  // Starts peers.py and waits for its first line (importing torch takes
+  // seconds). `peers` is "auto" (every peer peers.py knows), "none" (no
+  // child at all), or a comma-separated list. Never throws for a missing
+  // interpreter, script or library: report() says why, and so does every
+  // result time() gives.
+  PeersServer(const std::string& python, const std::string& peers, int threads);
+  ~PeersServer();  // ends the child's input and waits for it to exit
+  PeersServer(const PeersServer&) = delete;
+  PeersServer& operator=(const PeersServer&) = delete;
+
+  // The peers asked for, in order ("torch", "onnxruntime").
+  const std::vector<std::string>& names() const { return report_.names; }
+  // `peer` timed on case c with the threads given at start, or why not; also
+  // recorded in report(). Blocks until peers.py answers.
+  PeerResult time(const BenchCase& c, const std::string& peer);
+  // Every answer so far; raw holds peers.py's first line (versions, notes).
+  const PeersReport& report() const { return report_; }
+
+ private:
+  void start(const std::string& python, const std::string& peers, int threads);  // the constructor's work
+  void fail(const std::string& why);  // no further requests; every answer says why
+  bool running() const { return pid_ > 0 && report_.failure.empty(); }
+
+  PeersReport report_;
+  int pid_ = -1;
+  int to_child_ = -1;              // the child's stdin
+  std::FILE* from_child_ = nullptr;  // the child's stdout
+  struct sigaction old_sigpipe_ {};  // restored at the end: writes to a dead child fail, not kill
+};
 
 // Runs plot.py on `report` (what --json writes) to draw `png_path`; returns ""
 // on success, else why there is no plot (e.g. "matplotlib is not installed

@@ -73,13 +73,17 @@ std::vector<std::string> implementation_names(const PeersReport& peers, const Ma
 
 // Whether peers.py reported `name` unavailable as a whole (not per case).
 bool peer_absent(const PeersReport& peers, const std::string& name) {
-  if (!peers.failure.empty()) return true;
   const Json* info = peers.raw.find("peers");
   const Json* peer = info != nullptr ? info->find(name) : nullptr;
   return peer == nullptr || peer->find("unavailable") != nullptr;
 }
 
-void print_group(const std::vector<const CaseResult*>& rows, const std::vector<std::string>& impls, double peak) {
+// The peak a case's "% peak" is taken of: its own, measured right before it
+// (the run's, for a result made without one).
+double case_peak(const CaseResult& r, const Peak& run_peak) { return r.peak > 0 ? r.peak : run_peak.best(); }
+
+void print_group(const std::vector<const CaseResult*>& rows, const std::vector<std::string>& impls,
+                 const Peak& run_peak) {
   std::printf("\n%s\n", rows.front()->shape.group_title().c_str());
   // An implementation skipped on every row for one reason gets one line, not a row each.
   std::vector<std::string> shown;
@@ -97,6 +101,7 @@ void print_group(const std::vector<const CaseResult*>& rows, const std::vector<s
   std::vector<std::vector<std::string>> cells = {{"seq", "implementation", "time", "GFLOP/s", "% peak", "qkv speed-up"}};
   for (const CaseResult* r : rows) {
     const Measured& qkv = r->impl.at("qkv");
+    const double peak = case_peak(*r, run_peak);
     for (size_t i = 0; i < shown.size(); ++i) {
       const Measured& m = r->impl.at(shown[i]);
       std::vector<std::string> line = {i == 0 ? std::to_string(r->shape.seq) : "", shown[i]};
@@ -132,7 +137,7 @@ std::pair<double, int> mean_speedup(const std::vector<CaseResult>& results, cons
 }
 
 Json measured_json(const BenchCase& c, const std::string& impl, const Measured& m, const Measured& qkv,
-                   double peak) {
+                   double peak, double run_peak) {
   Json out{Json::Object{}};
   if (!m.ok()) {
     out.set("skipped", m.skipped);
@@ -141,6 +146,7 @@ Json measured_json(const BenchCase& c, const std::string& impl, const Measured& 
   out.set("seconds", m.seconds);
   out.set("gflops", gflops(c, m.seconds));
   out.set("percent_of_peak", 100 * gflops(c, m.seconds) / peak);
+  out.set("percent_of_run_peak", 100 * gflops(c, m.seconds) / run_peak);
   if (impl != "qkv" && qkv.ok()) out.set("qkv_speedup", m.seconds / qkv.seconds);
   if (!std::isnan(m.max_abs_diff)) out.set("max_abs_diff_vs_qkv", m.max_abs_diff);
   if (!m.note.empty()) out.set("note", m.note);
@@ -158,6 +164,13 @@ void print_report(const BenchRun& run) {
   std::printf("FMA peak  %.1f GFLOP/s fp32 with %d thread%s (start %.1f, end %.1f)", peak.best(), machine.threads,
               machine.threads == 1 ? "" : "s", peak.start, peak.end);
   if (machine.threads > 1) std::printf("; %.1f with 1 thread", peak.one_thread);
+  double lowest = 0, highest = 0;
+  for (const CaseResult& r : results) {
+    if (r.peak <= 0) continue;
+    lowest = lowest > 0 ? std::min(lowest, r.peak) : r.peak;
+    highest = std::max(highest, r.peak);
+  }
+  if (highest > 0) std::printf("; before each case %.1f to %.1f", lowest, highest);
   std::printf("\n");
   if (!peers.names.empty()) {
     std::string line;
@@ -183,7 +196,7 @@ void print_report(const BenchRun& run) {
   for (std::vector<const CaseResult*>& group : groups) {
     std::stable_sort(group.begin(), group.end(),
                      [](const CaseResult* a, const CaseResult* b) { return a->shape.seq < b->shape.seq; });
-    print_group(group, impls, peak.best());
+    print_group(group, impls, peak);
   }
 
   std::printf("\n");
@@ -227,8 +240,10 @@ void print_report(const BenchRun& run) {
       "          Batch 1, random inputs in [-1, 1); bf16 cases use the fp32 values rounded to bf16.\n"
       "GFLOP/s   4*heads*seq^2*head_dim, halved for causal: the work of a kernel that skips masked keys,\n"
       "          whatever an implementation really computes.\n"
-      "%% peak    of the fp32 FMA peak above (max of start and end), for bf16 cases too, where bf16\n"
-      "          dot-product units (AVX512-BF16, AMX: qkv with AMX-BF16, peers) may exceed 100%%.\n"
+      "%% peak    of the fp32 FMA peak measured right before the case (every implementation of a case\n"
+      "          runs within seconds of it), for bf16 cases too, where bf16 dot-product units\n"
+      "          (AVX512-BF16, AMX: qkv with AMX-BF16, peers) may exceed 100%%. --json also gives the\n"
+      "          percentage of the run's peak (max of start and end).\n"
       "speed-up  the implementation's time / qkv's time on the same case: > 1 means qkv is faster.\n"
       "openblas  textbook attention: the full score matrix from OpenBLAS sgemm, softmax, sgemm (baseline.h).\n",
       kBenchMinRuns, kBenchMaxRuns, kBenchRunSeconds, static_cast<long long>(kBenchSingleRunAboveSeq));
@@ -293,9 +308,10 @@ Json report_json(const BenchRun& run, Json options) {
                           {"causal", c.causal},
                           {"dtype", short_dtype_name(c.dtype)},
                           {"flops", c.flops()}}};
+    row.set("peak_gflops", case_peak(r, peak));
     Json by_impl{Json::Object{}};
     for (const std::string& impl : impls) {
-      by_impl.set(impl, measured_json(c, impl, r.impl.at(impl), r.impl.at("qkv"), peak.best()));
+      by_impl.set(impl, measured_json(c, impl, r.impl.at(impl), r.impl.at("qkv"), case_peak(r, peak), peak.best()));
     }
     row.set("results", std::move(by_impl));
     cases.push(std::move(row));

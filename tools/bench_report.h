@@ -45,10 +45,11 @@ struct Measured {
 struct CaseResult {
   BenchCase shape;
   std::map<std::string, Measured> impl;  // "qkv", "openblas", then the peers
+  double peak = 0;  // the fp32 FMA peak (GFLOP/s) measured right before the case; its "% peak"
 };
 
 // fp32 FMA throughput in GFLOP/s at the start and end of the run (all threads)
-// and with one thread.
+// and with one thread; each case also has its own (CaseResult::peak).
 struct Peak {
   double start = 0, end = 0, one_thread = 0;
   double best() const { return start > end ? start : end; }
