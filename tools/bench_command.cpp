@@ -79,8 +79,8 @@ struct BenchOptions {
 // ---------------------------------------------------------------- inputs
 
 
-std::vector<uint16_t> to_bf16(const std::vector<float>& values) {
-  std::vector<uint16_t> out(values.size());
+AlignedVector<uint16_t> to_bf16(const AlignedVector<float>& values) {
+  AlignedVector<uint16_t> out(values.size());
   const auto n = static_cast<int64_t>(values.size());
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) out[i] = internal::bf16_from_f32(values[i]);
@@ -104,8 +104,8 @@ class Inputs {
   }
 
   // A zeroed (so resident) output for case c: float32 or bfloat16 elements.
-  std::vector<float> new_output_f32() const { return std::vector<float>(q_.size(), 0.0f); }
-  std::vector<uint16_t> new_output_bf16() const { return std::vector<uint16_t>(q_.size(), 0); }
+  AlignedVector<float> new_output_f32() const { return AlignedVector<float>(q_.size(), 0.0f); }
+  AlignedVector<uint16_t> new_output_bf16() const { return AlignedVector<uint16_t>(q_.size(), 0); }
 
   // Params of case c writing to o (float32 or bfloat16 as c.dtype says).
   AttentionParams params(const BenchCase& c, void* o, int threads) {
@@ -135,8 +135,8 @@ class Inputs {
 
  private:
   BenchCase shape_;
-  std::vector<float> q_, k_, v_;
-  std::vector<uint16_t> q16_, k16_, v16_;
+  AlignedVector<float> q_, k_, v_;
+  AlignedVector<uint16_t> q16_, k16_, v16_;
 };
 
 // ---------------------------------------------------------------- measuring
@@ -159,7 +159,7 @@ double time_call(const std::function<void()>& fn, int64_t seq) {
   return seconds[seconds.size() / 2];
 }
 
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+double max_abs_diff(const AlignedVector<float>& a, const AlignedVector<float>& b) {
   double worst = 0;
   for (size_t i = 0; i < a.size(); ++i) {
     const double d = std::fabs(static_cast<double>(a[i]) - b[i]);
@@ -263,9 +263,9 @@ std::vector<CaseResult> run_sweep(const std::vector<BenchCase>& cases, int threa
     }
 
     Measured& qkv = result.impl["qkv"];
-    std::vector<float> o_qkv;
+    AlignedVector<float> o_qkv;
     if (c.dtype == DType::kBFloat16) {
-      std::vector<uint16_t> o = inputs->new_output_bf16();
+      AlignedVector<uint16_t> o = inputs->new_output_bf16();
       const AttentionParams params = inputs->params(c, o.data(), threads);
       qkv.seconds = time_call([&] { attention(params); }, c.seq);
     } else {
@@ -279,7 +279,7 @@ std::vector<CaseResult> run_sweep(const std::vector<BenchCase>& cases, int threa
       Measured& fma = result.impl[kFmaImpl];
       if (c.dtype == DType::kBFloat16) {
         progress.append(std::string(", ") + kFmaImpl + "...");
-        std::vector<uint16_t> o = inputs->new_output_bf16();
+        AlignedVector<uint16_t> o = inputs->new_output_bf16();
         const AttentionParams params = inputs->params(c, o.data(), threads);
         internal::set_amx_enabled(false);
         fma.seconds = time_call([&] { attention(params); }, c.seq);
@@ -296,7 +296,7 @@ std::vector<CaseResult> run_sweep(const std::vector<BenchCase>& cases, int threa
                                    c.seq * c.heads * c.head_dim * 4;  // its scores and output
     baseline.skipped = baseline_skip_reason(c, baseline_bytes);
     if (baseline.skipped.empty()) {
-      std::vector<float> o = inputs->new_output_f32();
+      AlignedVector<float> o = inputs->new_output_f32();
       const AttentionParams params = inputs->params(c, o.data(), threads);
       baseline.seconds = time_call([&] { materialized_attention(params); }, c.seq);
       baseline.max_abs_diff = max_abs_diff(o_qkv, o);
@@ -332,7 +332,7 @@ Scaling run_scaling(int threads, ProgressLine& progress) {
   }
   progress.start("scaling: " + kScalingCase.name() + " with 1 thread...");
   Inputs inputs(kScalingCase);
-  std::vector<float> o = inputs.new_output_f32();
+  AlignedVector<float> o = inputs.new_output_f32();
   const AttentionParams one = inputs.params(kScalingCase, o.data(), 1);
   scaling.one_thread_seconds = time_call([&] { attention(one); }, kScalingCase.seq);
   progress.append(format(" %s, with %d threads...", format_time(scaling.one_thread_seconds).c_str(), threads));
@@ -353,7 +353,7 @@ void write_file(const std::string& path, const std::string& text) {
 void warm_up(int threads) {
   const BenchCase tiny{64, 4, 2, 256, true, DType::kFloat32};
   Inputs inputs(tiny);
-  std::vector<float> o = inputs.new_output_f32();
+  AlignedVector<float> o = inputs.new_output_f32();
   const AttentionParams params = inputs.params(tiny, o.data(), threads);
   attention(params);
   materialized_attention(params);

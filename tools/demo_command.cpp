@@ -54,7 +54,7 @@ struct DemoOptions {
 // Inputs of one sequence length: q [1, seq, 8, 128], k and v [1, seq, 2, 128].
 struct Inputs {
   int64_t seq = 0;
-  std::vector<float> q, k, v;
+  AlignedVector<float> q, k, v;
 
   explicit Inputs(int64_t seq_len)
       : seq(seq_len),
@@ -63,9 +63,9 @@ struct Inputs {
         v(random_tensor(seq_len * kKvHeads * kHeadDim, 3)) {}
 
   // A zeroed (so resident) output of the right size.
-  std::vector<float> new_output() const { return std::vector<float>(q.size(), 0.0f); }
+  AlignedVector<float> new_output() const { return AlignedVector<float>(q.size(), 0.0f); }
 
-  AttentionParams params(std::vector<float>& o, int threads) const {
+  AttentionParams params(AlignedVector<float>& o, int threads) const {
     AttentionParams p;
     p.q = Tensor::contiguous(q.data(), DType::kFloat32, {1, seq, kHeads, kHeadDim});
     p.k = Tensor::contiguous(k.data(), DType::kFloat32, {1, seq, kKvHeads, kHeadDim});
@@ -111,7 +111,7 @@ struct Row {
   double max_diff = 0;
 };
 
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+double max_abs_diff(const AlignedVector<float>& a, const AlignedVector<float>& b) {
   double worst = 0;
   for (size_t i = 0; i < a.size(); ++i) {
     const double d = std::fabs(static_cast<double>(a[i]) - b[i]);
@@ -216,7 +216,7 @@ void print_report(const std::vector<Row>& rows, const DemoOptions& options, int 
 // library buffers are created before anything is measured.
 void warm_up(int threads) {
   const Inputs inputs(256);
-  std::vector<float> o = inputs.new_output();
+  AlignedVector<float> o = inputs.new_output();
   attention(inputs.params(o, threads));
   materialized_attention(inputs.params(o, threads));
 }
@@ -249,7 +249,7 @@ void run_demo(const DemoOptions& options) {
     progress.start(format("[%zu/%zu] seq %lld: qkv...", n + 1, lengths.size(), static_cast<long long>(row.seq)));
 
     const Inputs inputs(row.seq);
-    std::vector<float> o_qkv = inputs.new_output();
+    AlignedVector<float> o_qkv = inputs.new_output();
     const AttentionParams qkv_params = inputs.params(o_qkv, threads);
     row.qkv = measure([&] { attention(qkv_params); }, runs);
     progress.append(" " + format_time(row.qkv.seconds) + ", baseline...");
@@ -264,7 +264,7 @@ void run_demo(const DemoOptions& options) {
       row.skip = SkipReason::kMemory;
     }
     if (row.skip == SkipReason::kNone) {
-      std::vector<float> o_baseline = inputs.new_output();
+      AlignedVector<float> o_baseline = inputs.new_output();
       const AttentionParams baseline_params = inputs.params(o_baseline, threads);
       row.baseline = measure([&] { materialized_attention(baseline_params); }, runs);
       row.max_diff = max_abs_diff(o_qkv, o_baseline);
