@@ -11,7 +11,8 @@
 //      the same threads, within seconds of each other (this machine's clock
 //      phases change a call's time by 10% and more within minutes, so every
 //      ratio of a case, to the peak too, is taken inside one such window);
-//   3. qkv with one thread against all of them on one case (scaling);
+//   3. qkv with one thread against all of them on one case, in alternating
+//      rounds (scaling);
 //   4. the FMA peak again: a machine that slowed down (heat, a neighbour)
 //      shows as a gap between the first and the last;
 // then one table per shape on stdout, --json with every number and --plot
@@ -65,6 +66,7 @@ constexpr double kBaselineMemoryFraction = 0.6;
 constexpr auto kBlasIdle = std::chrono::milliseconds(250);
 // The case of the 1-thread vs N-thread row.
 const BenchCase kScalingCase{128, 32, 8, 2048, true, DType::kFloat32};
+constexpr int kScalingRounds = 3;  // odd: the median is one round's time
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 struct BenchOptions {
@@ -321,8 +323,10 @@ std::vector<CaseResult> run_sweep(const std::vector<BenchCase>& cases, int threa
   return results;
 }
 
-// qkv on kScalingCase with one thread, then with `threads`: back to back, so
-// that both see the same machine state.
+// qkv on kScalingCase with one thread and with `threads`, in kScalingRounds
+// alternating rounds (one, then all, back to back): each time is the median
+// of its rounds, so a change of the machine's phase during one round (this VM
+// has them) moves neither much.
 Scaling run_scaling(int threads, ProgressLine& progress) {
   Scaling scaling;
   scaling.shape = kScalingCase;
@@ -330,15 +334,25 @@ Scaling run_scaling(int threads, ProgressLine& progress) {
     scaling.skipped = "--threads 1";
     return scaling;
   }
-  progress.start("scaling: " + kScalingCase.name() + " with 1 thread...");
+  progress.start(format("scaling: %s, 1 thread against %d, %d rounds:", kScalingCase.name().c_str(), threads,
+                        kScalingRounds));
   Inputs inputs(kScalingCase);
   AlignedVector<float> o = inputs.new_output_f32();
   const AttentionParams one = inputs.params(kScalingCase, o.data(), 1);
-  scaling.one_thread_seconds = time_call([&] { attention(one); }, kScalingCase.seq);
-  progress.append(format(" %s, with %d threads...", format_time(scaling.one_thread_seconds).c_str(), threads));
   const AttentionParams all = inputs.params(kScalingCase, o.data(), threads);
-  scaling.seconds = time_call([&] { attention(all); }, kScalingCase.seq);
-  progress.append(" " + format_time(scaling.seconds));
+  std::vector<double> one_seconds, all_seconds;
+  for (int round = 0; round < kScalingRounds; ++round) {
+    one_seconds.push_back(time_call([&] { attention(one); }, kScalingCase.seq));
+    all_seconds.push_back(time_call([&] { attention(all); }, kScalingCase.seq));
+    progress.append(format(" %s/%s", format_time(one_seconds.back()).c_str(), format_time(all_seconds.back()).c_str()));
+  }
+  const auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  scaling.one_thread_seconds = median(one_seconds);
+  scaling.seconds = median(all_seconds);
+  scaling.rounds = kScalingRounds;
   return scaling;
 }
 

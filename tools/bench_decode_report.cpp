@@ -45,8 +45,6 @@ void print_table(const std::vector<std::vector<std::string>>& cells, size_t left
 }
 
 // "met", or "MISSED by <how much>".
-std::string verdict(bool met, const std::string& by) { return met ? "met" : "MISSED by " + by; }
-
 }  // namespace
 
 void print_decode_report(const DecodeRun& run) {

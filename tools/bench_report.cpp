@@ -153,7 +153,80 @@ Json measured_json(const BenchCase& c, const std::string& impl, const Measured& 
   return out;
 }
 
+// Lowest qkv % of peak over the fp32 cases with this head_dim, causal flag
+// (both when `any_mask`) and seq >= kTargetMinSeq.
+Target percent_target(const BenchRun& run, const std::string& what, int64_t head_dim, bool causal, bool any_mask,
+                      double goal) {
+  Target t{what, 0, goal, "%", "", 0};
+  for (const CaseResult& r : run.cases) {
+    const BenchCase& c = r.shape;
+    const Measured& qkv = r.impl.at("qkv");
+    if (c.dtype != DType::kFloat32 || c.head_dim != head_dim || c.seq < kTargetMinSeq || !qkv.ok() ||
+        (!any_mask && c.causal != causal)) {
+      continue;
+    }
+    const double percent = 100 * gflops(c, qkv.seconds) / case_peak(r, run.peak);
+    if (t.cases++ == 0 || percent < t.value) {
+      t.value = percent;
+      t.where = "lowest: " + c.name();
+    }
+  }
+  return t;
+}
+
 }  // namespace
+
+std::vector<Target> bench_targets(const BenchRun& run) {
+  std::vector<Target> targets = {
+      percent_target(run, "fp32 head_dim 128 causal, seq >= 2048: % of peak", 128, true, false, 75),
+      percent_target(run, "fp32 head_dim 128 no mask, seq >= 2048: % of peak", 128, false, false, 80),
+      percent_target(run, "fp32 head_dim 64, seq >= 2048: % of peak", 64, false, true, 65),
+  };
+  // bf16 storage at least as fast as fp32 on the same shape.
+  Target bf16{"bf16 storage: fp32's time / bf16's, same shape", 0, 1, "x", "", 0};
+  for (const CaseResult& r : run.cases) {
+    if (r.shape.dtype != DType::kBFloat16 || !r.impl.at("qkv").ok()) continue;
+    BenchCase fp32_shape = r.shape;
+    fp32_shape.dtype = DType::kFloat32;
+    const auto fp32 = std::find_if(run.cases.begin(), run.cases.end(),
+                                   [&](const CaseResult& o) { return o.shape.name() == fp32_shape.name(); });
+    if (fp32 == run.cases.end() || !fp32->impl.at("qkv").ok()) continue;
+    const double ratio = fp32->impl.at("qkv").seconds / r.impl.at("qkv").seconds;
+    if (bf16.cases++ == 0 || ratio < bf16.value) {
+      bf16.value = ratio;
+      bf16.where = "lowest: " + r.shape.name();
+    }
+  }
+  targets.push_back(bf16);
+  Target scaling{"threads: one thread's time / all threads'", 0, kTargetThreadScaling, "x", "", 0};
+  if (run.scaling.skipped.empty() && run.scaling.seconds > 0) {
+    scaling.value = run.scaling.ratio();
+    scaling.where = "on " + run.scaling.shape.name();
+    scaling.cases = 1;
+  }
+  targets.push_back(scaling);
+  // Ahead of every peer: the value is the fraction of (case, peer) pairs
+  // where qkv was faster; the exceptions are listed.
+  Target ahead{"ahead of every peer: share of (case, peer) pairs qkv wins", 0, 100, "%", "", 0, "(case, peer) pair"};
+  int wins = 0;
+  for (const CaseResult& r : run.cases) {
+    const Measured& qkv = r.impl.at("qkv");
+    if (!qkv.ok()) continue;
+    for (const auto& [impl, m] : r.impl) {
+      if (impl == "qkv" || impl == kFmaImpl || !m.ok()) continue;
+      ++ahead.cases;
+      if (m.seconds > qkv.seconds) {
+        ++wins;
+      } else {
+        ahead.where += format("%s%s vs %s x%.2f", ahead.where.empty() ? "behind on: " : "; ",
+                              r.shape.name().c_str(), impl.c_str(), m.seconds / qkv.seconds);
+      }
+    }
+  }
+  if (ahead.cases > 0) ahead.value = 100.0 * wins / ahead.cases;
+  targets.push_back(ahead);
+  return targets;
+}
 
 void print_report(const BenchRun& run) {
   const std::vector<CaseResult>& results = run.cases;
@@ -201,9 +274,10 @@ void print_report(const BenchRun& run) {
 
   std::printf("\n");
   if (scaling.skipped.empty()) {
-    std::printf("scaling   qkv on %s: 1 thread %s, %d threads %s: x%.2f (FMA peak x%.2f)\n",
+    std::printf("scaling   qkv on %s: 1 thread %s, %d threads %s: x%.2f (FMA peak x%.2f; medians of %d alternating "
+                "rounds)\n",
                 scaling.shape.name().c_str(), format_time(scaling.one_thread_seconds).c_str(), machine.threads,
-                format_time(scaling.seconds).c_str(), scaling.ratio(), peak.best() / peak.one_thread);
+                format_time(scaling.seconds).c_str(), scaling.ratio(), peak.best() / peak.one_thread, scaling.rounds);
   } else {
     std::printf("scaling   skipped: %s\n", scaling.skipped.c_str());
   }
@@ -218,6 +292,21 @@ void print_report(const BenchRun& run) {
     }
     if (!line.empty()) std::printf("vs %-12s qkv speed-up, geometric mean: %s\n", impls[i].c_str(), line.c_str());
   }
+  std::printf("\ntargets (%d thread%s%s)\n", machine.threads, machine.threads == 1 ? "" : "s",
+              machine.threads == 2 ? "" : "; set for 2 threads");
+  for (const Target& t : bench_targets(run)) {
+    if (t.cases == 0) {
+      std::printf("  %s: not in this run\n", t.what.c_str());
+      continue;
+    }
+    const std::string value = t.unit == "x" ? format("x%.2f", t.value) : format("%.1f%%", t.value);
+    const std::string goal = t.unit == "x" ? format("x%.2f", t.goal) : format("%.0f%%", t.goal);
+    const std::string by = t.unit == "x" ? format("%.0f%%", 100 * (1 - t.value / t.goal))
+                                         : format("%.1f points", t.goal - t.value);
+    std::printf("  %s: %s (target %s; %d %s%s%s%s): %s\n", t.what.c_str(), value.c_str(), goal.c_str(), t.cases,
+                t.counted.c_str(), t.cases == 1 ? "" : "s", t.where.empty() ? "" : "; ", t.where.c_str(), verdict(t.met(), by).c_str());
+  }
+  std::printf("\n");
   for (const CaseResult& r : results) {
     const Measured& b = r.impl.at("openblas");
     if (b.ok() && !(b.max_abs_diff <= kBenchMaxAgreedDiff)) {
@@ -285,6 +374,7 @@ Json report_json(const BenchRun& run, Json options) {
     scaling_json.set("threads", machine.threads);
     scaling_json.set("one_thread_seconds", scaling.one_thread_seconds);
     scaling_json.set("seconds", scaling.seconds);
+    scaling_json.set("rounds", scaling.rounds);
     scaling_json.set("speedup", scaling.ratio());
     scaling_json.set("peak_speedup", peak.best() / peak.one_thread);
   } else {
@@ -317,6 +407,19 @@ Json report_json(const BenchRun& run, Json options) {
     cases.push(std::move(row));
   }
   report.set("cases", std::move(cases));
+  Json targets{Json::Array{}};
+  for (const Target& t : bench_targets(run)) {
+    Json target{Json::Object{{"what", t.what}, {"cases", t.cases}}};
+    if (t.cases > 0) {
+      target.set("value", t.value);
+      target.set("goal", t.goal);
+      target.set("unit", t.unit);
+      target.set("where", t.where);
+      target.set("met", t.met());
+    }
+    targets.push(std::move(target));
+  }
+  report.set("targets", std::move(targets));
   if (!peers.names.empty()) {
     Json peer_info{Json::Object{}};
     if (const Json* python = peers.raw.find("python")) peer_info.set("python", *python);

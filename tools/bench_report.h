@@ -28,6 +28,10 @@ inline constexpr int64_t kBenchSingleRunAboveSeq = 8192;
 // qkv and the baseline both accumulate in float32; on inputs in [-1, 1) they
 // agree to about 1e-6. More than this means one of them is wrong.
 inline constexpr double kBenchMaxAgreedDiff = 1e-4;
+// The prefill issue's targets hold from this sequence length on, and 2 threads
+// must be this many times faster than one.
+inline constexpr int64_t kTargetMinSeq = 2048;
+inline constexpr double kTargetThreadScaling = 1.85;
 // On a CPU with AMX-BF16, qkv's bfloat16 cases run on AMX tiles; this row
 // times the same cases with that kernel switched off (the float32 FMA kernel).
 inline constexpr const char* kFmaImpl = "qkv-fma";
@@ -59,7 +63,8 @@ struct Peak {
 struct Scaling {
   BenchCase shape;
   std::string skipped;
-  double one_thread_seconds = 0, seconds = 0;  // seconds: with all the threads
+  double one_thread_seconds = 0, seconds = 0;  // medians of the rounds; seconds: with all the threads
+  int rounds = 0;                              // alternating rounds timed
   double ratio() const { return one_thread_seconds / seconds; }
 };
 
@@ -88,6 +93,25 @@ void print_report(const BenchRun& run);
 
 // The --json document; `options` is copied in as given.
 Json report_json(const BenchRun& run, Json options);
+
+// One of the speed targets `qkv bench` checks (those of the prefill issue): the
+// worst value over the cases it covers, where that was, and whether it is met.
+struct Target {
+  std::string what;   // e.g. "fp32 head_dim 128 causal, seq >= 2048: % of peak"
+  double value = 0;   // the worst case's (lowest % of peak, lowest ratio)
+  double goal = 0;    // what it must reach (value >= goal)
+  std::string unit;   // "%" or "x"
+  std::string where;  // the worst case, or the exceptions
+  int cases = 0;      // how many it covers; 0: not measured in this run
+  std::string counted = "case";  // what `cases` counts
+  bool met() const { return cases > 0 && value >= goal; }
+};
+
+// The targets, computed from the run (cases not in the run are not counted).
+std::vector<Target> bench_targets(const BenchRun& run);
+
+// "met" or "MISSED by <by>".
+inline std::string verdict(bool met, const std::string& by) { return met ? "met" : "MISSED by " + by; }
 
 // printf into a std::string (short texts).
 template <typename... Args>
