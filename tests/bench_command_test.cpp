@@ -119,18 +119,19 @@ TEST(CliBench, PeersAreAskedCaseByCaseAndAPeerThatDiesIsReportedNotFatal) {
   EXPECT_EQ(cases[1].find("results")->find("torch")->find("skipped")->as_string(), died);
   EXPECT_EQ(report.find("peers")->find("failure")->as_string(), died);
 
-  // The targets: none of the % of peak ones covers seq 512; of the three
-  // (case, peer) pairs (OpenBLAS on both cases, torch on the first) torch is
-  // faster than qkv (a microsecond), so "ahead of every peer" is missed on
-  // that pair, which it names.
+  // The targets: none of the % of peak ones covers seq 512. Of the three
+  // (case, peer) pairs (OpenBLAS on both cases, torch on the first) torch's
+  // is lost whatever the machine (a microsecond), so "ahead of every peer"
+  // is missed and names it; OpenBLAS's two go either way (under the
+  // sanitizers qkv is the slower one).
   const Json::Array& targets = report.find("targets")->as_array();
   ASSERT_EQ(targets.size(), 6u);
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(number(targets[i], "cases"), 0) << targets[i].dump(0);
   const Json& ahead = targets[5];
   EXPECT_EQ(number(ahead, "cases"), 3);
-  EXPECT_NEAR(number(ahead, "value"), 200.0 / 3, 1e-9);
+  EXPECT_LE(number(ahead, "value"), 200.0 / 3 + 1e-9);
   EXPECT_FALSE(ahead.find("met")->as_bool());
-  EXPECT_EQ(ahead.find("where")->as_string().find("behind on: d64-h32/8-s512-causal-fp32 vs torch"), 0u)
+  EXPECT_NE(ahead.find("where")->as_string().find("d64-h32/8-s512-causal-fp32 vs torch x0.00"), std::string::npos)
       << ahead.dump(0);
   EXPECT_NE(bench.run().out.find("ahead of every peer"), std::string::npos) << bench.run().out;
 }
