@@ -7,7 +7,6 @@
 #include <signal.h>
 
 #include <cstdio>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -33,7 +32,6 @@ struct PeerResult {
 
 struct PeersReport {
   std::vector<std::string> names;  // the peers asked for, in order ("torch", "onnxruntime")
-  std::map<std::string, std::map<std::string, PeerResult>> results;  // [case name][peer]
   std::string failure;  // set when peers.py could not start or stopped answering (later results say why too)
   Json raw;             // peers.py's first line (versions, notes), kept for --json
 };
@@ -56,10 +54,10 @@ class PeersServer {
 
   // The peers asked for, in order ("torch", "onnxruntime").
   const std::vector<std::string>& names() const { return report_.names; }
-  // `peer` timed on case c with the threads given at start, or why not; also
-  // recorded in report(). Blocks until peers.py answers.
+  // `peer` timed on case c with the threads given at start, or why not.
+  // Blocks until peers.py answers.
   PeerResult time(const BenchCase& c, const std::string& peer);
-  // Every answer so far; raw holds peers.py's first line (versions, notes).
+  // The peers, peers.py's first line (versions, notes) and why it failed, if it did.
   const PeersReport& report() const { return report_; }
 
  private:
