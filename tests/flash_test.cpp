@@ -504,7 +504,7 @@ TEST(Flash, HalfStorage) {
 
 // Large outputs are written with streaming stores (runtime/stream_output.h).
 // Forced onto small ones, they give the same bits as normal stores on every
-// target and storage type (bfloat16 on the float32 kernel and on AMX), with
+// target and storage type (bfloat16 on the float32 kernel and on the bf16 units), with
 // rows of 1 to 200 elements at offsets that put a row's first line boundary
 // anywhere and leave lines partly covered at either end.
 TEST(Flash, StreamedOutputGivesTheSameBits) {
@@ -512,7 +512,7 @@ TEST(Flash, StreamedOutputGivesTheSameBits) {
     ~Restore() {
       internal::set_stream_output_bytes_for_test(0);
       internal::flash_force_target(0);
-      internal::set_amx_enabled(true);
+      internal::set_dot_units_enabled(true);
     }
   } restore;
   std::vector<Case> cases;
@@ -526,13 +526,13 @@ TEST(Flash, StreamedOutputGivesTheSameBits) {
   for (int64_t t : internal::flash_targets()) {
     internal::flash_force_target(t);
     for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
-      for (bool amx : {false, true}) {
-        if (amx && dtype != DType::kBFloat16) continue;
-        internal::set_amx_enabled(amx);
+      for (bool units : {false, true}) {
+        if (units && dtype != DType::kBFloat16) continue;
+        internal::set_dot_units_enabled(units);
         for (const Case& base : cases) {
           const Case c = Case(base).dtype(dtype);
-          SCOPED_TRACE(testing::Message() << internal::flash_target_name(t) << (amx ? " amx " : " ")
-                                          << c.describe());
+          SCOPED_TRACE(testing::Message() << internal::flash_target_name(t)
+                                          << (units ? " bf16 units " : " ") << c.describe());
           internal::set_stream_output_bytes_for_test(0);
           const Result normal = Workload(c).run(Backend::kFlash);
           internal::set_stream_output_bytes_for_test(1);

@@ -516,7 +516,7 @@ TEST(KVCache, Int8OnAmxEqualsVnniBitForBit) {
     GTEST_SKIP() << "no AMX-INT8 on this CPU";
   }
   struct Restore {
-    ~Restore() { internal::set_amx_enabled(true); }
+    ~Restore() { internal::set_dot_units_enabled(true); }
   } restore;
   struct Shape {
     int64_t heads, kv_heads, head_dim, head_dim_v, seq_q, page_size, prefill;
@@ -545,7 +545,7 @@ TEST(KVCache, Int8OnAmxEqualsVnniBitForBit) {
     KVCache cache = make_cache(s, 71);
     const auto q = random_floats(s.batch * sh.seq_q * s.heads * s.head_dim, 72, 2.0f);
     const auto run = [&](bool amx, std::vector<float>& lse) {
-      internal::set_amx_enabled(amx);
+      internal::set_dot_units_enabled(amx);
       std::vector<float> o(static_cast<size_t>(s.batch * sh.seq_q * s.heads * s.head_dim_v));
       lse.assign(static_cast<size_t>(s.batch * s.heads * sh.seq_q), 0.0f);
       KVCacheAttentionParams p;

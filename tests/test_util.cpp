@@ -7,7 +7,7 @@
 #include <random>
 #include <sstream>
 
-#include "kernels/amx_forward.h"
+#include "kernels/bf16_forward.h"
 #include "kernels/flash_forward.h"
 #include "runtime/amx.h"
 #include "runtime/half.h"
@@ -847,7 +847,8 @@ namespace {
 struct DefaultTargetOnExit {
   ~DefaultTargetOnExit() {
     internal::flash_force_target(0);
-    internal::set_amx_enabled(true);
+    internal::set_dot_units_enabled(true);
+    internal::bf16_flash_force_engine(internal::Bf16Engine::kNone);
   }
 };
 
@@ -900,7 +901,7 @@ RowStats expect_flash_matches_reference(Workload& w) {
   }
 
   DefaultTargetOnExit restore;
-  internal::set_amx_enabled(false);  // bfloat16 too: the float32 kernel on every target
+  internal::set_dot_units_enabled(false);  // bfloat16 too: the float32 kernel on every target
   for (int64_t target : internal::flash_targets()) {
     internal::flash_force_target(target);
     const std::string name = std::string("flash[") + internal::flash_target_name(target) + "]";
@@ -908,14 +909,19 @@ RowStats expect_flash_matches_reference(Workload& w) {
     EXPECT_TRUE(within_tolerance(c, name, fast, ref, naive, max_v));
   }
   internal::flash_force_target(0);
-  internal::set_amx_enabled(true);
-  if (c.dtype() == DType::kBFloat16 && internal::amx_flash_available()) {
-    // P rounded to bfloat16 (the default), then carried in two terms.
-    for (const bool exact : {false, true}) {
-      const Result fast = w.run(Backend::kFlash, exact);
-      EXPECT_TRUE(within_tolerance(c, exact ? "flash[amx, exact P]" : "flash[amx]", fast, ref,
-                                   naive, max_v));
+  internal::set_dot_units_enabled(true);
+  if (c.dtype() == DType::kBFloat16) {
+    // Each bfloat16 engine this CPU has: P rounded to bfloat16 (the default),
+    // then carried in two terms (on tiles; the float32 kernel elsewhere).
+    for (const internal::Bf16Engine engine : internal::bf16_flash_engines()) {
+      internal::bf16_flash_force_engine(engine);
+      const std::string name = std::string("flash[") + internal::bf16_engine_name(engine);
+      for (const bool exact : {false, true}) {
+        const Result fast = w.run(Backend::kFlash, exact);
+        EXPECT_TRUE(within_tolerance(c, name + (exact ? ", exact P]" : "]"), fast, ref, naive, max_v));
+      }
     }
+    internal::bf16_flash_force_engine(internal::Bf16Engine::kNone);
   }
   return stats;
 }

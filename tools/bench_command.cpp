@@ -41,7 +41,7 @@
 #include "bench_report.h"
 #include "commands.h"
 #include "random_inputs.h"
-#include "kernels/amx_forward.h"
+#include "kernels/bf16_forward.h"
 #include "kernels/flash_forward.h"
 #include "memory_probe.h"
 #include "progress.h"
@@ -203,7 +203,7 @@ MachineInfo machine_info(int threads) {
   info.threads = threads;
   const std::vector<int64_t> targets = internal::flash_targets();
   if (!targets.empty()) info.simd_target = internal::flash_target_name(targets[0]);
-  info.amx_bf16 = internal::amx_flash_available();
+  info.bf16_engine = internal::bf16_engine_name(internal::bf16_flash_engine());
   info.mem_available = available_memory_bytes();
   info.date = utc_now();
   return info;
@@ -248,7 +248,7 @@ class Stopwatch {
 // Times the FMA peak, qkv, the baseline and the peers on every case, in
 // order; inputs are made once per shape and shared by the cases that follow
 // with the same shape.
-std::vector<CaseResult> run_sweep(const std::vector<BenchCase>& cases, int threads, bool amx_bf16,
+std::vector<CaseResult> run_sweep(const std::vector<BenchCase>& cases, int threads, bool bf16_units,
                                   PeersServer& peers, const Stopwatch& clock, ProgressLine& progress) {
   std::vector<CaseResult> results;
   std::unique_ptr<Inputs> inputs;
@@ -277,15 +277,15 @@ std::vector<CaseResult> run_sweep(const std::vector<BenchCase>& cases, int threa
     }
     progress.append(" " + format_time(qkv.seconds));
 
-    if (amx_bf16) {  // the same call with the AMX kernel off: its float32 predecessor
+    if (bf16_units) {  // the same call with the bf16 units off: the float32 kernel
       Measured& fma = result.impl[kFmaImpl];
       if (c.dtype == DType::kBFloat16) {
         progress.append(std::string(", ") + kFmaImpl + "...");
         AlignedVector<uint16_t> o = inputs->new_output_bf16();
         const AttentionParams params = inputs->params(c, o.data(), threads);
-        internal::set_amx_enabled(false);
+        internal::set_dot_units_enabled(false);
         fma.seconds = time_call([&] { attention(params); }, c.seq);
-        internal::set_amx_enabled(true);
+        internal::set_dot_units_enabled(true);
         progress.append(" " + format_time(fma.seconds));
       } else {
         fma.skipped = "bf16 cases only";
@@ -416,7 +416,7 @@ void run_bench(const BenchOptions& options) {
   const MachineInfo& machine = run.machine;
   std::printf("qkv bench  %s, %u logical CPUs, %d thread%s, SIMD target %s%s, qkv %s, %s\n", machine.cpu.c_str(),
               machine.logical_cpus, threads, threads == 1 ? "" : "s", machine.simd_target.c_str(),
-              machine.amx_bf16 ? " (bf16: AMX-BF16)" : "", kVersion, machine.date.c_str());
+              machine.bf16_units() ? (" (bf16: " + machine.bf16_engine + ")").c_str() : "", kVersion, machine.date.c_str());
   std::printf("cases     %zu%s\n", cases.size(), options.quick ? " (--quick)" : "");
   std::fflush(stdout);
 
@@ -435,7 +435,7 @@ void run_bench(const BenchOptions& options) {
   PeersServer peers(options.python, options.peers, threads);
   if (!peers.report().failure.empty()) std::fprintf(stderr, "peers: %s\n", peers.report().failure.c_str());
 
-  run.cases = run_sweep(cases, threads, machine.amx_bf16, peers, clock, progress);
+  run.cases = run_sweep(cases, threads, machine.bf16_units(), peers, clock, progress);
   run.peers = peers.report();
   run.scaling = run_scaling(threads, progress);
 

@@ -62,11 +62,11 @@ std::string peer_status(const PeersReport& peers, const std::string& name) {
   return text;
 }
 
-// The implementations in print order: qkv, the baseline, qkv without AMX
+// The implementations in print order: qkv, the baseline, qkv without its bf16 units
 // (if timed), the peers.
 std::vector<std::string> implementation_names(const PeersReport& peers, const MachineInfo& machine) {
   std::vector<std::string> names = {"qkv", "openblas"};
-  if (machine.amx_bf16) names.push_back(kFmaImpl);
+  if (machine.bf16_units()) names.push_back(kFmaImpl);
   names.insert(names.end(), peers.names.begin(), peers.names.end());
   return names;
 }
@@ -331,13 +331,14 @@ void print_report(const BenchRun& run) {
       "          whatever an implementation really computes.\n"
       "%% peak    of the fp32 FMA peak measured right before the case (every implementation of a case\n"
       "          runs within seconds of it), for bf16 cases too, where bf16 dot-product units\n"
-      "          (AVX512-BF16, AMX: qkv with AMX-BF16, peers) may exceed 100%%. --json also gives the\n"
+      "          (AVX512-BF16, AMX: qkv where the CPU has them, peers) may exceed 100%%. --json also gives the\n"
       "          percentage of the run's peak (max of start and end).\n"
       "speed-up  the implementation's time / qkv's time on the same case: > 1 means qkv is faster.\n"
       "openblas  textbook attention: the full score matrix from OpenBLAS sgemm, softmax, sgemm (baseline.h).\n",
       kBenchMinRuns, kBenchMaxRuns, kBenchRunSeconds, static_cast<long long>(kBenchSingleRunAboveSeq));
-  if (machine.amx_bf16) {
-    std::printf("%s   qkv with its AMX kernel switched off: bf16 cases on the float32 FMA kernel.\n", kFmaImpl);
+  if (machine.bf16_units()) {
+    std::printf("%s   qkv with its bf16 units (%s) switched off: bf16 cases on the float32 FMA kernel.\n",
+                kFmaImpl, machine.bf16_engine.c_str());
   }
 }
 
@@ -355,7 +356,7 @@ Json report_json(const BenchRun& run, Json options) {
                                      {"logical_cpus", static_cast<int64_t>(machine.logical_cpus)},
                                      {"threads", machine.threads},
                                      {"simd_target", machine.simd_target},
-                                     {"amx_bf16", machine.amx_bf16},
+                                     {"bf16_engine", machine.bf16_engine},
                                      {"mem_available_bytes", machine.mem_available}});
   report.set("peak_gflops", Json::Object{{"peak", peak.best()},
                                          {"start", peak.start},

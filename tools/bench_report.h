@@ -73,7 +73,8 @@ struct MachineInfo {
   unsigned logical_cpus = 0;
   int threads = 1;              // what every implementation was given
   std::string simd_target = "unknown";  // the one qkv dispatched to
-  bool amx_bf16 = false;                // bfloat16 cases on AMX tiles (and kFmaImpl timed)
+  std::string bf16_engine = "none";     // bfloat16 units qkv uses: "amx", "avx512-bf16" (kFmaImpl timed) or "none"
+  bool bf16_units() const { return bf16_engine != "none"; }
   int64_t mem_available = -1;
   std::string date;             // ISO 8601, UTC
 };

@@ -1,6 +1,6 @@
 #include "api/dispatch.h"
 
-#include "kernels/amx_forward.h"
+#include "kernels/bf16_forward.h"
 #include "kernels/decode.h"
 #include "kernels/flash_forward.h"
 #include "reference/attention_reference.h"
@@ -14,11 +14,11 @@ constexpr double kSerialWork = 1 << 20;
 
 namespace {
 
-// The flash kernel: on AMX tiles for bfloat16 where this CPU and OS allow it,
+// The flash kernel: on AMX tiles or AVX512-BF16 for bfloat16 where this CPU and OS allow it,
 // else the float32 SIMD kernel.
 void run_flash(const AttentionProblem& problem) {
-  if (amx_flash_supports(problem)) {
-    amx_flash_forward(problem);
+  if (bf16_flash_supports(problem)) {
+    bf16_flash_forward(problem);
   } else {
     flash_forward(problem);
   }

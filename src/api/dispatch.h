@@ -6,7 +6,7 @@
 namespace qkv::internal {
 
 // kReference: the oracle; kFlash / kDecode: that kernel (kFlash on AMX tiles
-// for bfloat16 when the CPU has AMX-BF16, kernels/amx_forward.h); kAuto: decode for
+// for bfloat16 on AMX-BF16 or AVX512-BF16, kernels/bf16_forward.h); kAuto: decode for
 // few rows per (batch, kv head), flash otherwise. num_splits: decode chunks.
 void run_attention(const AttentionProblem& problem, Backend backend, int num_splits = 0);
 

@@ -1,6 +1,6 @@
 // AMX tile products of the flash forward, cut into small steps so that the
-// caller can interleave them with its AVX-512 softmax (amx_forward.cpp).
-// Included only inside amx_forward.cpp's region of AVX-512 + AMX target
+// caller can interleave them with its AVX-512 softmax (bf16_forward.cpp).
+// Included only inside bf16_forward.cpp's region of AVX-512 + AMX target
 // attributes, which is what may call it.
 //
 // Tile registers (one configuration: 16 rows x 64 bytes each):

@@ -25,7 +25,7 @@ void decode_forward(const AttentionProblem& problem, int num_splits) noexcept;
 // weights as 16-bit fixed point (their errors about 2^-16 of the row's or
 // block's largest, ~250x below the int8 rounding of the keys), the products
 // exact in int32: on AMX-INT8 tiles where the CPU has them (unless
-// set_amx_enabled(false)), else AVX512-VNNI; both give the same bits. Used
+// set_dot_units_enabled(false)), else AVX512-VNNI; both give the same bits. Used
 // where the CPU has AVX512-VNNI and the shapes fit (VNNI: head_dim % 32 == 0
 // and <= 256; AMX: head_dim and head_dim_v % 64 == 0, head_dim <= 256, at most
 // 16 rows per kv head), unless switched off (tests compare with the float path).

@@ -1,5 +1,5 @@
 // 16 x 16 (and 16 x 8) transposes of 32-bit elements in AVX-512 registers,
-// for the kernels that lay data out (amx_forward.cpp and flash_forward.cpp
+// for the kernels that lay data out (bf16_forward.cpp and flash_forward.cpp
 // pack keys and Q panels, the AMX decode path turns a tile of scores around,
 // the int8 decode path a block's scales). Per-target code: only
 // the AVX3 pass of foreach_target defines it.

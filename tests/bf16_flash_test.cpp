@@ -1,10 +1,11 @@
-// The AMX flash kernel (kernels/amx_forward.cpp) against the reference, under
-// THE tolerance rule (test_util.h), on bfloat16 storage. Every case goes
+// The bfloat16 flash kernel (kernels/bf16_forward.cpp) against the reference,
+// under THE tolerance rule (test_util.h), on bfloat16 storage. Every case goes
 // through expect_flash_matches_reference, which runs the float32 kernel on
-// every SIMD target with AMX off and then the AMX kernel ("flash[amx]").
-// Skipped on CPUs (or kernels, or builds) without AMX-BF16.
+// every SIMD target with the bfloat16 units off and then each engine this CPU
+// has ("flash[amx]", "flash[avx512-bf16]"). Skipped on CPUs (or builds)
+// with neither AMX-BF16 nor AVX512-BF16.
 //
-// Sweeps straddle the AMX tile edges: 16 and 32 rows (row tiles, row groups),
+// Sweeps straddle the packed layouts' edges: 16 and 32 rows (row tiles, row groups),
 // 16 and 32 keys (key tiles, P.V steps), head_dim around multiples of 32 and
 // head_dim_v around multiples of 16 (zero padding), and the default blocks.
 #include <algorithm>
@@ -15,7 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "api/validate.h"
-#include "kernels/amx_forward.h"
+#include "kernels/bf16_forward.h"
 #include "runtime/amx.h"
 #include "runtime/caches.h"
 #include "runtime/half.h"
@@ -24,13 +25,14 @@
 namespace qkv::test {
 namespace {
 
-class Amx : public testing::Test {
+class Bf16Flash : public testing::Test {
  protected:
   void SetUp() override {
-    internal::set_amx_enabled(true);
-    if (!internal::amx_flash_available()) {
-      GTEST_SKIP() << "no AMX-BF16 here (CPU, OS permission or compiler): the AMX kernel is not "
-                      "built or cannot run; the float32 kernel covers bfloat16";
+    internal::set_dot_units_enabled(true);
+    if (internal::bf16_flash_engine() == internal::Bf16Engine::kNone) {
+      GTEST_SKIP() << "no AMX-BF16 or AVX512-BF16 here (CPU, OS permission or compiler): the "
+                      "bfloat16 kernel is not built or cannot run; the float32 kernel covers "
+                      "bfloat16";
     }
   }
 };
@@ -43,24 +45,25 @@ void check_all(std::vector<Case> cases) {
 }
 
 // A bfloat16 case's problem, as the dispatcher sees it.
-bool amx_runs(const Case& c) {
+bool bf16_runs(const Case& c) {
   Workload w(c);
-  return internal::amx_flash_supports(internal::make_problem(w.params(Backend::kFlash)));
+  return internal::bf16_flash_supports(internal::make_problem(w.params(Backend::kFlash)));
 }
 
-TEST_F(Amx, SelectedForBfloat16OnlyAndSwitchable) {
+TEST_F(Bf16Flash, SelectedForBfloat16OnlyAndSwitchable) {
   const Case c = Case().seq(40).heads(4).kv_heads(2).head_dim(64);
-  EXPECT_TRUE(amx_runs(Case(c).dtype(DType::kBFloat16)));
-  EXPECT_FALSE(amx_runs(Case(c).dtype(DType::kFloat16)));
-  EXPECT_FALSE(amx_runs(Case(c).dtype(DType::kFloat32)));
-  internal::set_amx_enabled(false);
-  EXPECT_FALSE(internal::amx_flash_available());
-  EXPECT_FALSE(amx_runs(Case(c).dtype(DType::kBFloat16)));
-  internal::set_amx_enabled(true);
-  EXPECT_TRUE(amx_runs(Case(c).dtype(DType::kBFloat16)));
+  EXPECT_TRUE(bf16_runs(Case(c).dtype(DType::kBFloat16)));
+  EXPECT_FALSE(bf16_runs(Case(c).dtype(DType::kFloat16)));
+  EXPECT_FALSE(bf16_runs(Case(c).dtype(DType::kFloat32)));
+  internal::set_dot_units_enabled(false);
+  EXPECT_EQ(internal::bf16_flash_engine(), internal::Bf16Engine::kNone);
+  EXPECT_TRUE(internal::bf16_flash_engines().empty());
+  EXPECT_FALSE(bf16_runs(Case(c).dtype(DType::kBFloat16)));
+  internal::set_dot_units_enabled(true);
+  EXPECT_TRUE(bf16_runs(Case(c).dtype(DType::kBFloat16)));
 }
 
-TEST_F(Amx, TileEdges) {
+TEST_F(Bf16Flash, TileEdges) {
   // Rows: 1, 15, 16, 17, 31, 32, 33, 3*32+5 (times the group); keys the same
   // around 16/32 and default blocks (64 .. 256).
   const int64_t q_lengths[] = {1, 15, 16, 17, 33, 101};
@@ -78,7 +81,7 @@ TEST_F(Amx, TileEdges) {
   check_all(cases);
 }
 
-TEST_F(Amx, ExplicitTiles) {
+TEST_F(Bf16Flash, ExplicitTiles) {
   // block_kv rounds up to 32 keys; block_q any size (rows padded to 32).
   std::vector<Case> cases;
   for (const auto& [bq, bkv] :
@@ -90,7 +93,7 @@ TEST_F(Amx, ExplicitTiles) {
   check_all(cases);
 }
 
-TEST_F(Amx, HeadDims) {
+TEST_F(Bf16Flash, HeadDims) {
   std::vector<std::pair<int64_t, int64_t>> dims;  // (head_dim, head_dim_v)
   for (int64_t d : {1, 7, 16, 31, 32, 33, 64, 80, 96, 128, 160, 256}) dims.emplace_back(d, d);
   for (const auto& p : {std::pair<int64_t, int64_t>{80, 64}, {64, 80}, {7, 1}, {1, 7}, {256, 128},
@@ -107,7 +110,7 @@ TEST_F(Amx, HeadDims) {
   check_all(cases);
 }
 
-TEST_F(Amx, GqaGroups) {
+TEST_F(Bf16Flash, GqaGroups) {
   std::vector<Case> cases;
   uint32_t seed = 300;
   for (const auto& [h, hk] : {std::pair{4, 4}, {8, 4}, {8, 2}, {8, 1}, {6, 3}, {5, 1}, {32, 8}}) {
@@ -120,7 +123,7 @@ TEST_F(Amx, GqaGroups) {
   check_all(cases);
 }
 
-TEST_F(Amx, SeqQDiffersFromSeqKvAndEmptyRows) {
+TEST_F(Bf16Flash, SeqQDiffersFromSeqKvAndEmptyRows) {
   uint32_t seed = 400;
   for (const auto& [sq, sk] : {std::pair{1, 100}, {7, 64}, {64, 7}, {100, 1}, {45, 17}, {17, 45}}) {
     for (int align = 0; align < 3; ++align) {
@@ -137,13 +140,13 @@ TEST_F(Amx, SeqQDiffersFromSeqKvAndEmptyRows) {
   }
 }
 
-TEST_F(Amx, EmptyDimensions) {
+TEST_F(Bf16Flash, EmptyDimensions) {
   check_all({Case().seq_q(40).seq_kv(0).heads(4).kv_heads(2).allow_all_empty(),
              Case().seq_q(40).seq_kv(0).sinks().allow_all_empty(), Case().seq_q(0).seq_kv(5),
              Case().batch(0)});
 }
 
-TEST_F(Amx, EveryOption) {
+TEST_F(Bf16Flash, EveryOption) {
   std::vector<Case> cases;
   const Case base = Case().batch(2).seq_q(37).seq_kv(83).heads(4).kv_heads(2).head_dim(40);
   for (const auto& [left, right] :
@@ -173,7 +176,7 @@ TEST_F(Amx, EveryOption) {
   check_all(cases);
 }
 
-TEST_F(Amx, FullyMaskedBlocksAndRows) {
+TEST_F(Bf16Flash, FullyMaskedBlocksAndRows) {
   // Key block 32..63 masked for every row, query rows 9 and 10 entirely, the
   // last row but one key.
   const auto pattern = [](int64_t, int64_t, int64_t i, int64_t j) {
@@ -193,7 +196,7 @@ TEST_F(Amx, FullyMaskedBlocksAndRows) {
   check_all({Case().seq_q(40).seq_kv(8).causal(), Case().seq_q(150).seq_kv(20).heads(4).causal()});
 }
 
-TEST_F(Amx, LargeLogits) {
+TEST_F(Bf16Flash, LargeLogits) {
   std::vector<Case> cases;
   uint32_t seed = 600;
   for (float logits : {100.0f, 1e3f, 1e4f}) {
@@ -209,7 +212,7 @@ TEST_F(Amx, LargeLogits) {
   check_all(cases);
 }
 
-TEST_F(Amx, LongSequencesInSeveralPackRounds) {
+TEST_F(Bf16Flash, LongSequencesInSeveralPackRounds) {
   // 6 kv heads of 5000 keys at head_dim 128: about 2.5 MiB packed each, so
   // the 8 MiB pack budget takes them in rounds; at head_dim 256, 4200 keys
   // are over 4 MiB a head: the long-sequence tiles (512 rows).
@@ -218,7 +221,7 @@ TEST_F(Amx, LongSequencesInSeveralPackRounds) {
              Case().seq_q(70).seq_kv(4200).heads(4).kv_heads(2).head_dim(256).causal().seed(702)});
 }
 
-TEST_F(Amx, PairsOfUpToAWholeL2OnePerTask) {
+TEST_F(Bf16Flash, PairsOfUpToAWholeL2OnePerTask) {
   // With the L2 taken as 256 KiB, 16 pairs of about 190 KiB packed each
   // (1500 keys at head_dim 32): one pair per task (pair_per_task).
   struct Restore {
@@ -229,7 +232,7 @@ TEST_F(Amx, PairsOfUpToAWholeL2OnePerTask) {
                  .threads(2).seed(720)});
 }
 
-TEST_F(Amx, OnePairPerTaskWithManySmallHeads) {
+TEST_F(Bf16Flash, OnePairPerTaskWithManySmallHeads) {
   // 8 or more (batch, kv head) pairs per thread, each small: every thread
   // packs a pair into its own slot and runs the pair's tiles (run_pairs).
   check_all({Case().batch(3).seq_q(45).seq_kv(70).heads(16).kv_heads(8).head_dim(64).causal()
@@ -240,7 +243,7 @@ TEST_F(Amx, OnePairPerTaskWithManySmallHeads) {
                  .seed(712)});
 }
 
-TEST_F(Amx, PagedBfloat16CacheWithUnequalLengths) {
+TEST_F(Bf16Flash, PagedBfloat16CacheWithUnequalLengths) {
   // Prefill chunks of bfloat16 queries over a paged bfloat16 cache (pages
   // shuffled, one length per sequence): the kernel reads K/V rows through
   // the block table. The budget is the rule's absolute term for bfloat16
@@ -275,7 +278,7 @@ TEST_F(Amx, PagedBfloat16CacheWithUnequalLengths) {
   for (float& x : sinks) x = uniform(rng);
 
   for (bool with_sinks : {false, true}) {
-    const auto run = [&](Backend backend, bool amx, std::vector<float>& lse, bool exact = false) {
+    const auto run = [&](Backend backend, bool units, std::vector<float>& lse, bool exact = false) {
       std::vector<uint16_t> o(2 * seq_q * heads * 64);
       lse.assign(2 * heads * seq_q, 0.0f);
       KVCacheAttentionParams p;
@@ -287,35 +290,35 @@ TEST_F(Amx, PagedBfloat16CacheWithUnequalLengths) {
       p.causal = true;
       p.backend = backend;
       p.exact_bf16_probs = exact;
-      internal::set_amx_enabled(amx);
+      internal::set_dot_units_enabled(units);
       attention_with_kvcache(p);
-      internal::set_amx_enabled(true);
+      internal::set_dot_units_enabled(true);
       return o;
     };
-    std::vector<float> lse_ref, lse_amx, lse_fma, lse_exact;
+    std::vector<float> lse_ref, lse_units, lse_fma, lse_exact;
     const std::vector<uint16_t> ref = run(Backend::kReference, true, lse_ref);
-    const std::vector<uint16_t> amx = run(Backend::kFlash, true, lse_amx);
+    const std::vector<uint16_t> units = run(Backend::kFlash, true, lse_units);
     const std::vector<uint16_t> fma = run(Backend::kFlash, false, lse_fma);
     const std::vector<uint16_t> exact = run(Backend::kFlash, true, lse_exact, true);
-    int64_t amx_equal = 0, exact_equal = 0;  // elements equal to the rounded reference
+    int64_t units_equal = 0, exact_equal = 0;  // elements equal to the rounded reference
     for (size_t i = 0; i < ref.size(); ++i) {
       const float want = internal::f32_from_bf16(ref[i]);
-      ASSERT_NEAR(internal::f32_from_bf16(amx[i]), want, 2.0 / 256) << "o element " << i;
+      ASSERT_NEAR(internal::f32_from_bf16(units[i]), want, 2.0 / 256) << "o element " << i;
       ASSERT_NEAR(internal::f32_from_bf16(fma[i]), want, 2.0 / 256) << "o element " << i;
       ASSERT_NEAR(internal::f32_from_bf16(exact[i]), want, 2.0 / 256) << "o element " << i;
-      amx_equal += amx[i] == ref[i];
+      units_equal += units[i] == ref[i];
       exact_equal += exact[i] == ref[i];
     }
     // exact_bf16_probs reaches the kernel through the cache's API: P carried
     // in two terms gives the correctly rounded o far more often.
-    EXPECT_GT(exact_equal, amx_equal) << exact_equal << " vs " << amx_equal << " of " << ref.size();
+    EXPECT_GT(exact_equal, units_equal) << exact_equal << " vs " << units_equal << " of " << ref.size();
     for (size_t i = 0; i < lse_ref.size(); ++i) {
-      ASSERT_NEAR(lse_amx[i], lse_ref[i], 1e-5 * std::max(1.0f, std::fabs(lse_ref[i]))) << "lse " << i;
+      ASSERT_NEAR(lse_units[i], lse_ref[i], 1e-5 * std::max(1.0f, std::fabs(lse_ref[i]))) << "lse " << i;
     }
   }
 }
 
-TEST_F(Amx, RandomCombinations) {
+TEST_F(Bf16Flash, RandomCombinations) {
   std::mt19937 rng(20250101);
   const auto pick = [&](auto... values) {
     const std::vector<std::common_type_t<decltype(values)...>> v = {values...};
@@ -358,7 +361,7 @@ TEST_F(Amx, RandomCombinations) {
   EXPECT_LT(empty_rows * 4, rows) << empty_rows << " of " << rows << " rows empty";
 }
 
-TEST_F(Amx, ExactProbsGiveTheCorrectlyRoundedOutput) {
+TEST_F(Bf16Flash, ExactProbsGiveTheCorrectlyRoundedOutput) {
   // The reference's o is the exact result rounded once to bfloat16. With P in
   // two terms (2^-16) the kernel's o is that same bfloat16 number almost
   // everywhere, else its neighbour; with P rounded to bfloat16 (the default,
@@ -397,7 +400,7 @@ TEST_F(Amx, ExactProbsGiveTheCorrectlyRoundedOutput) {
   }
 }
 
-TEST_F(Amx, ThreadCountsGiveBitwiseIdenticalResults) {
+TEST_F(Bf16Flash, ThreadCountsGiveBitwiseIdenticalResults) {
   const std::vector<Case> cases = {
       Case().batch(2).seq_q(70).seq_kv(90).heads(4).kv_heads(2).head_dim(32).causal(),
       Case().seq(200).heads(8).kv_heads(1).head_dim(80).tiles(4, 32).sinks().alibi(),

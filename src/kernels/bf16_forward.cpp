@@ -1,6 +1,9 @@
-// Flash forward for bfloat16 q, k, v, o on AMX tiles: the algorithm, task
-// schedule and score options of flash_forward.cpp, with both products on the
-// tile unit (amx_tiles.h) and the softmax in AVX-512.
+// Flash forward for bfloat16 q, k, v, o on the CPU's bfloat16 units: the
+// algorithm, task schedule and score options of flash_forward.cpp, with both
+// products on AMX tiles (amx_tiles.h) or, without AMX, on AVX512-BF16 dot
+// products (bf16_dot.h), and the softmax in AVX-512. Both engines share the
+// packing, the rows and the softmax; the tiles overlap with the vector code
+// (below), the dot products run item by item.
 //
 // A task is (kv head, query tile); its rows are positions x GQA group (row r
 // at position r / group, head kv_head * group + r % group), in groups of 32.
@@ -20,7 +23,7 @@
 //      8/8 heads, seq 1024, no mask: 4.2 ms against 3.2 ms for one product).
 // Finally StoreFinalRow normalizes, folds in a sink and writes o and lse.
 //
-// Software pipeline: while the vector code does step 2 of item i, the tile
+// Software pipeline (tiles): while the vector code does step 2 of item i, the tile
 // steps of step 3 of item i - 1 and of step 1 of item i + 1 are issued
 // between its rows, so the tile unit works while the vector units do. S, P
 // and alpha are double-buffered by item parity. The overlap is partial: a
@@ -38,19 +41,21 @@
 // Built like the SIMD kernels (Highway's foreach_target), but only the AVX3
 // pass holds the kernel, with AVX512-BF16 and AMX added to that pass's target
 // attributes: every CPU with AMX-BF16 has AVX-512 F/BW/DQ/VL and AVX512-BF16,
-// and amx_flash_supports checks AMX at run time. No file-wide ISA flags: an
+// and bf16_flash_engine checks AMX or AVX512-BF16 at run time. No file-wide ISA flags: an
 // inline function of a shared header compiled here with them (an out-of-line
 // copy in a debug build) could be the copy the linker keeps for everyone.
 
-#include "kernels/amx_forward.h"
+#include "kernels/bf16_forward.h"
 
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <type_traits>
 
 #include "runtime/amx.h"
@@ -63,7 +68,7 @@
 #include <immintrin.h>
 
 #undef HWY_TARGET_INCLUDE
-#define HWY_TARGET_INCLUDE "kernels/amx_forward.cpp"
+#define HWY_TARGET_INCLUDE "kernels/bf16_forward.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #endif
 
@@ -75,6 +80,7 @@
 
 HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",avx512bf16,amx-tile,amx-bf16")
 #include "kernels/amx_tiles.h"
+#include "kernels/bf16_dot.h"
 
 namespace qkv::internal {
 namespace HWY_NAMESPACE {
@@ -155,6 +161,8 @@ struct Scratch {
   float* l = nullptr;         // [rows_pad] running sum
   TileRow* rows = nullptr;    // [rows_pad]
   uint16_t* pack_rows = nullptr;  // [kKeyStep][max(dim_pad, dim_v_pad)] bf16: rows being packed
+  uint32_t* qt = nullptr;     // dot products: [rows_pad / 32][dim_pad / 2][32] q pairs, transposed
+  uint16_t* p_dot = nullptr;  // dot products: [kGroupRows][bf16dot::kPStride] bf16 P
   int64_t bytes = 0;
 
   Scratch(const Geometry& g, char* base) {
@@ -175,6 +183,8 @@ struct Scratch {
     take(l, g.rows_pad);
     take(rows, g.rows_pad);
     take(pack_rows, kKeyStep * std::max(g.dim_pad, g.dim_v_pad));
+    take(qt, g.rows_pad * g.dim_pad / 2);
+    take(p_dot, kGroupRows * bf16dot::kPStride);
   }
 };
 
@@ -360,36 +370,70 @@ class ItemWalk {
   int64_t k0_, r0_ = 0;
 };
 
-// One task: query positions [q0, q1) of all heads of kv head `kvh`.
-void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kvh, int64_t tile,
-             const uint16_t* HWY_RESTRICT kp, const uint16_t* HWY_RESTRICT vp, Scratch& w) {
-  const hn::ScalableTag<float> d;
+// A task's rows: query positions [q0, q1) of all heads of kv head `kvh`.
+struct TaskRows {
+  int64_t n = 0;                      // real rows
+  int64_t key_begin = 0, key_end = 0;  // the union of their visible keys
+};
+
+// Rows: position, head, visible interval; raw Q rows; empty state. Padding
+// rows (n .. rows_pad) have zero Q and P and are never stored.
+TaskRows StartTask(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kvh,
+                   int64_t tile, Scratch& w) {
   const int64_t q0 = tile * g.block_q;
   const int64_t q1 = std::min(q0 + g.block_q, p.seq_q);
   const int64_t n_rows = (q1 - q0) * p.group;
   const int64_t rows_pad = RoundUp(n_rows, kGroupRows);
-  const ScoreUnits units(p);
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-
-  // 1. Rows: position, head, visible interval; raw Q rows; empty state.
-  // Padding rows (n_rows .. rows_pad) have zero Q and P and are never stored.
   std::memset(w.q, 0, static_cast<size_t>(rows_pad * g.dim_pad) * 2);
   const KeyRange keys = SetTileRows(p, b, kvh, q0, n_rows, w.rows);
-  const int64_t key_begin = keys.begin, key_end = keys.end;
   for (int64_t r = 0; r < n_rows; ++r) {
     const TileRow& row = w.rows[r];
     std::memcpy(w.q + r * g.dim_pad,
                 static_cast<const uint16_t*>(p.q) + p.q_stride.offset(b, row.query, row.head),
                 static_cast<size_t>(p.head_dim) * 2);
-    w.m[r] = neg_inf;
+    w.m[r] = -std::numeric_limits<float>::infinity();
     w.l[r] = 0.0f;
   }
   std::memset(w.o, 0, static_cast<size_t>(rows_pad * g.dim_v_pad) * 4);
+  return {n_rows, keys.begin, keys.end};
+}
 
-  // 2. Items, pipelined: while the rows of item i go through the softmax,
-  // the tile steps of O += P.V of item i - 1 and of S = Q.K^T of item i + 1
-  // are issued between them, spread evenly.
+// Row r of an item: options and online softmax of its raw scores sr (in
+// place), P as bf16 into hi (and lo, with exact_bf16_probs). Returns alpha.
+float SoftmaxItemRow(const AttentionProblem& p, const ScoreUnits& units, const Item& it, int64_t r,
+                     float* HWY_RESTRICT sr, uint16_t* HWY_RESTRICT hi, uint16_t* HWY_RESTRICT lo,
+                     Scratch& w) {
+  const hn::ScalableTag<float> d;
   const bool plain = p.softcap == 0 && !p.has_alibi() && !p.has_mask();
+  float scale = units.q_scale;  // folded into the softmax passes unless options need it first
+  if (!plain || !it.all_full || it.n < it.n_pad) {
+    ScaleRow(d, scale, sr, it.n_pad);
+    scale = 1.0f;
+    ApplyScoreOptions(d, p, units, w.rows[it.r0 + r], it.k0, it.n, it.n_pad, !it.all_full, sr);
+  }
+  float& m = w.m[it.r0 + r];
+  float& l = w.l[it.r0 + r];
+  return lo != nullptr ? SoftmaxRowToBf16<true>(d, units, sr, scale, it.n_pad, m, l, hi, lo)
+                       : SoftmaxRowToBf16<false>(d, units, sr, scale, it.n_pad, m, l, hi, nullptr);
+}
+
+// Normalize once; fold in the sink; store O and LSE.
+void FinishTask(const AttentionProblem& p, const Geometry& g, int64_t n_rows, Scratch& w) {
+  const ScoreUnits units(p);
+  for (int64_t r = 0; r < n_rows; ++r) {
+    StoreFinalRow(p, units, w.rows[r], w.m[r], w.l[r], w.o + r * g.dim_v_pad, g.stream_o);
+  }
+}
+
+// One task on AMX tiles.
+void RunTileAmx(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kvh, int64_t tile,
+                const uint16_t* HWY_RESTRICT kp, const uint16_t* HWY_RESTRICT vp, Scratch& w) {
+  const TaskRows task = StartTask(p, g, b, kvh, tile, w);
+  const ScoreUnits units(p);
+
+  // Items, pipelined: while the rows of item i go through the softmax, the
+  // tile steps of O += P.V of item i - 1 and of S = Q.K^T of item i + 1 are
+  // issued between them, spread evenly.
   const bool split = p.exact_bf16_probs;  // P as P_hi + P_lo
   const int64_t dim_steps = g.dim_pad / kDimStep;
   const int64_t col_tiles = g.dim_v_pad / kColTile;
@@ -403,7 +447,7 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
                                 vp + (it.k0 / kKeyStep) * col_tiles * kTileElems, col_tiles,
                                 it.n_pad, w.o + it.r0 * g.dim_v_pad, g.dim_v_pad);
   };
-  ItemWalk walk(g, w.rows, n_rows, key_begin, key_end);
+  ItemWalk walk(g, w.rows, task.n, task.key_begin, task.key_end);
   Item cur, next, prev;
   bool has_next = walk.Next(next), has_prev = false;
   if (has_next) scores_of(next, 0).Finish();
@@ -416,21 +460,9 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
     const int64_t steps = tile_steps.steps();
     int64_t issued = 0;
     for (int64_t r = 0; r < cur.rows; ++r) {
-      float* sr = w.s[buf] + r * g.block_kv;
-      float scale = units.q_scale;  // folded into the softmax passes unless options need it first
-      if (!plain || !cur.all_full || cur.n < cur.n_pad) {
-        ScaleRow(d, scale, sr, cur.n_pad);
-        scale = 1.0f;
-        ApplyScoreOptions(d, p, units, w.rows[cur.r0 + r], cur.k0, cur.n, cur.n_pad,
-                          !cur.all_full, sr);
-      }
-      float& m = w.m[cur.r0 + r];
-      float& l = w.l[cur.r0 + r];
-      uint16_t* hi = w.p_hi[buf] + r * g.block_kv;
-      w.alpha[buf][r] =
-          split ? SoftmaxRowToBf16<true>(d, units, sr, scale, cur.n_pad, m, l, hi,
-                                         w.p_lo[buf] + r * g.block_kv)
-                : SoftmaxRowToBf16<false>(d, units, sr, scale, cur.n_pad, m, l, hi, nullptr);
+      w.alpha[buf][r] = SoftmaxItemRow(p, units, cur, r, w.s[buf] + r * g.block_kv,
+                                       w.p_hi[buf] + r * g.block_kv,
+                                       split ? w.p_lo[buf] + r * g.block_kv : nullptr, w);
       for (const int64_t due = steps * (r + 1) / cur.rows; issued < due; ++issued) tile_steps.Step();
     }
     for (int64_t r = cur.rows; r < kGroupRows; ++r) {  // padding rows: P = 0
@@ -444,16 +476,68 @@ void RunTile(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kv
     buf ^= 1;
   }
   if (has_prev) accumulate_of(prev, buf ^ 1).Finish();
+  FinishTask(p, g, task.n, w);
+}
 
-  // 3. Normalize once; fold in the sink; store O and LSE.
-  for (int64_t r = 0; r < n_rows; ++r) {
-    StoreFinalRow(p, units, w.rows[r], w.m[r], w.l[r], w.o + r * g.dim_v_pad, g.stream_o);
+// One task on AVX512-BF16 dot products (bf16_dot.h), item by item: S for the
+// item's rows, the softmax rows, then O += P.V. Only the real rows are
+// computed (no padding rows), in panels of up to 12.
+void RunTileDot(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t kvh, int64_t tile,
+                const uint16_t* HWY_RESTRICT kp, const uint16_t* HWY_RESTRICT vp, Scratch& w) {
+  const TaskRows task = StartTask(p, g, b, kvh, tile, w);
+  const ScoreUnits units(p);
+  // q pairs of each group of 32 rows, transposed: qt[i][r] = (q[r][2i], q[r][2i + 1]).
+  const int64_t pairs = g.dim_pad / 2;
+  for (int64_t r0 = 0; r0 < task.n; r0 += kGroupRows) {
+    const uint32_t* rows = reinterpret_cast<const uint32_t*>(w.q + r0 * g.dim_pad);
+    uint32_t* qt = w.qt + r0 * pairs;
+    for (int64_t half = 0; half < 2; ++half) {
+      for (int64_t c = 0; c < pairs; c += 16) {
+        Transpose16x16(rows + 16 * half * pairs + c, pairs, qt + c * kGroupRows + 16 * half,
+                       kGroupRows);
+      }
+    }
   }
+  const int64_t dim_steps = g.dim_pad / kDimStep;
+  const int64_t col_tiles = g.dim_v_pad / kColTile;
+  ItemWalk walk(g, w.rows, task.n, task.key_begin, task.key_end);
+  Item it;
+  while (walk.Next(it)) {
+    const uint32_t* qt = w.qt + it.r0 * pairs;
+    const uint16_t* kb = kp + (it.k0 / kKeyTile) * dim_steps * kTileElems;
+    const uint16_t* vb = vp + (it.k0 / kKeyStep) * col_tiles * kTileElems;
+    float* s = w.s[0];
+    for (int64_t r = 0; r < it.rows; r += bf16dot::kMaxRows) {
+      bf16dot::WithRows(std::min<int64_t>(bf16dot::kMaxRows, it.rows - r), [&](auto kRows) {
+        bf16dot::Scores<kRows()>(qt + r, kb, g.dim_pad, it.n_pad, s + r * g.block_kv, g.block_kv);
+      });
+    }
+    for (int64_t r = 0; r < it.rows; ++r) {
+      w.alpha[0][r] = SoftmaxItemRow(p, units, it, r, s + r * g.block_kv,
+                                     w.p_dot + r * bf16dot::kPStride, nullptr, w);
+    }
+    for (int64_t r = 0; r < it.rows; r += bf16dot::kMaxRows) {
+      bf16dot::WithRows(std::min<int64_t>(bf16dot::kMaxRows, it.rows - r), [&](auto kRows) {
+        const uint16_t* pr = w.p_dot + r * bf16dot::kPStride;
+        float* o = w.o + (it.r0 + r) * g.dim_v_pad;
+        int64_t c = 0;
+        for (; c + 2 <= col_tiles; c += 2) {
+          bf16dot::Values<kRows(), 2>(pr, vb + c * kTileElems, col_tiles, it.n_pad,
+                                      w.alpha[0] + r, o + c * kColTile, g.dim_v_pad);
+        }
+        if (c < col_tiles) {
+          bf16dot::Values<kRows(), 1>(pr, vb + c * kTileElems, col_tiles, it.n_pad,
+                                      w.alpha[0] + r, o + c * kColTile, g.dim_v_pad);
+        }
+      });
+    }
+  }
+  FinishTask(p, g, task.n, w);
 }
 
 }  // namespace
 
-void AmxFlashForward(const AttentionProblem& p) {
+void Bf16FlashForward(const AttentionProblem& p, bool tiles) {
   if (p.batch == 0 || p.seq_q == 0) return;
   const Geometry g(p);
   const int64_t thread_bytes = Scratch(g, nullptr).bytes;
@@ -472,7 +556,8 @@ void AmxFlashForward(const AttentionProblem& p) {
 #pragma omp parallel num_threads(threads)
   {
     ScopedFlushDenormals flush_denormals;
-    amx::ScopedTiles tiles;
+    std::optional<amx::ScopedTiles> tile_state;
+    if (tiles) tile_state.emplace();
     Scratch scratch(g, scratch_base + omp_get_thread_num() * thread_bytes);
     run_pairs(
         p, per_task, g.heads_per_round, g.q_tiles, kPackChunkKeys, kKeyStep,
@@ -482,7 +567,11 @@ void AmxFlashForward(const AttentionProblem& p) {
         },
         [&](int64_t b, int64_t h, int64_t tile, int64_t slot) {
           const uint16_t* base = pack + slot * head_elems;
-          RunTile(p, g, b, h, tile, base, base + g.k_elems, scratch);
+          if (tiles) {
+            RunTileAmx(p, g, b, h, tile, base, base + g.k_elems, scratch);
+          } else {
+            RunTileDot(p, g, b, h, tile, base, base + g.k_elems, scratch);
+          }
         });
     if (g.stream_o) hwy::FlushStream();  // before the region's end, where o is read
   }
@@ -497,17 +586,60 @@ HWY_POP_ATTRIBUTES
 #if HWY_ONCE
 namespace qkv::internal {
 
+namespace {
+std::atomic<Bf16Engine> g_forced{Bf16Engine::kNone};
+}  // namespace
+
+void bf16_flash_force_engine(Bf16Engine engine) { g_forced.store(engine, std::memory_order_relaxed); }
+
 #if defined(QKV_HAVE_AMX) && (HWY_TARGETS & HWY_AVX3)
-bool amx_flash_available() { return amx_enabled(); }
-void amx_flash_forward(const AttentionProblem& problem) { N_AVX3::AmxFlashForward(problem); }
-#else  // this build has no AMX kernel
-bool amx_flash_available() { return false; }
-void amx_flash_forward(const AttentionProblem&) {}
+std::vector<Bf16Engine> bf16_flash_engines() {
+  std::vector<Bf16Engine> engines;
+  if (amx_enabled()) engines.push_back(Bf16Engine::kAmx);
+  // The dot-product engine is the AVX3 pass's code: Highway must also find
+  // AVX-512 usable (it is, wherever AVX512-BF16 is, unless tests forced a
+  // lesser target, which then covers bfloat16 with the float32 kernel).
+  if (avx512_bf16_enabled() && (hwy::SupportedTargets() & HWY_AVX3) != 0) {
+    engines.push_back(Bf16Engine::kDot);
+  }
+  return engines;
+}
+
+Bf16Engine bf16_flash_engine() {
+  const std::vector<Bf16Engine> engines = bf16_flash_engines();
+  if (engines.empty()) return Bf16Engine::kNone;
+  const Bf16Engine forced = g_forced.load(std::memory_order_relaxed);
+  return std::find(engines.begin(), engines.end(), forced) != engines.end() ? forced : engines[0];
+}
+
+void bf16_flash_forward(const AttentionProblem& problem) {
+  N_AVX3::Bf16FlashForward(problem, bf16_flash_engine() == Bf16Engine::kAmx);
+}
+#else  // this build has no bfloat16 kernel
+std::vector<Bf16Engine> bf16_flash_engines() { return {}; }
+Bf16Engine bf16_flash_engine() { return Bf16Engine::kNone; }
+void bf16_flash_forward(const AttentionProblem&) {}
 #endif
 
-bool amx_flash_supports(const AttentionProblem& problem) {
-  return problem.dtype == DType::kBFloat16 && problem.kv_dtype == DType::kBFloat16 &&
-         amx_flash_available();
+const char* bf16_engine_name(Bf16Engine engine) {
+  switch (engine) {
+    case Bf16Engine::kAmx: return "amx";
+    case Bf16Engine::kDot: return "avx512-bf16";
+    case Bf16Engine::kNone: break;
+  }
+  return "none";
+}
+
+bool bf16_flash_supports(const AttentionProblem& problem) {
+  if (problem.dtype != DType::kBFloat16 || problem.kv_dtype != DType::kBFloat16) return false;
+  switch (bf16_flash_engine()) {
+    case Bf16Engine::kAmx: return true;
+    // P in two bfloat16 terms is the tiles' way to exact weights; without
+    // tiles the float32 kernel keeps P in float32, which is exact.
+    case Bf16Engine::kDot: return !problem.exact_bf16_probs;
+    case Bf16Engine::kNone: break;
+  }
+  return false;
 }
 
 }  // namespace qkv::internal
