@@ -81,12 +81,13 @@ struct AttentionParams {
 
   int num_threads = 0;  // 0 = all the process may use; 1 inside a parallel region
   Backend backend = Backend::kAuto;
-  // bfloat16 q, k, v and o on AMX tiles: the probabilities P enter P.V
-  // rounded to bfloat16, as in FlashAttention and PyTorch (each off by up to
-  // 2^-8 of itself, so o by up to 2^-8 max|v| beyond its own rounding).
-  // true: P carried to 2^-16 by a second tile product (about 1.3x the time),
-  // o as close to the exact result as bfloat16 allows. Every other path keeps
-  // P in float32 and ignores this.
+  // bfloat16 q, k, v and o on AMX tiles or AVX512-BF16: the probabilities P
+  // enter P.V rounded to bfloat16, as in FlashAttention and PyTorch (each off
+  // by up to 2^-8 of itself, so o by up to 2^-8 max|v| beyond its own
+  // rounding). true: P carried to 2^-16 by a second tile product on AMX
+  // (about 1.3x the time), or in float32 by the float32 kernel where the CPU
+  // has AVX512-BF16 but no AMX: o as close to the exact result as bfloat16
+  // allows. Every other path keeps P in float32 and ignores this.
   bool exact_bf16_probs = false;
   Tiling tiling;
 };

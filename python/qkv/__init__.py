@@ -107,12 +107,13 @@ def attention(
             never expanded in memory.
         return_lse: also return the log-sum-exp of each row.
         num_threads: OpenMP threads; None = all the process may use.
-        exact_bf16_probs: bfloat16 on a CPU with AMX (tile products): the
+        exact_bf16_probs: bfloat16 on a CPU with AMX or AVX512-BF16: the
             probabilities enter ``P v`` rounded to bfloat16 by default, as in
             PyTorch and FlashAttention (each weight off by up to 2^-8 of
-            itself); True carries them to 2^-16 with a second tile product
-            (about 1.3x the time), so out is as close to the exact result as
-            bfloat16 allows. Every other path keeps them in float32.
+            itself); True carries them to 2^-16 with a second tile product on
+            AMX (about 1.3x the time), or in float32 on the float32 kernel
+            elsewhere, so out is as close to the exact result as bfloat16
+            allows. Every other path keeps them in float32.
 
     Returns:
         ``out``, or ``(out, lse)`` when ``return_lse`` is true.
