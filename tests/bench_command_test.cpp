@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "bench_json.h"
+#include "bench_report.h"
 #include "cli_run.h"
 
 namespace qkv::tools {
@@ -77,6 +78,26 @@ TEST(CliBench, OneCaseWithoutPeersAgreesWithTheBaselineAndWritesItsJson) {
   // The materializing baseline checks qkv's output on every float32 case.
   EXPECT_LE(number(*baseline, "max_abs_diff_vs_qkv"), 1e-4);
   EXPECT_EQ(report.find("scaling")->find("skipped")->as_string(), "--threads 1");
+  // The probe after qkv and after the baseline; timed again at most twice.
+  const Json* probes = c.find("probes_after_gflops");
+  ASSERT_TRUE(probes != nullptr && probes->is_array());
+  EXPECT_EQ(probes->as_array().size(), 2u);
+  EXPECT_GE(number(c, "retries"), 0);
+  EXPECT_LE(number(c, "retries"), qkv::tools::kCaseRetries);
+}
+
+// A case is timed again when the machine changed speed while it ran: a probe
+// after one of its implementations more than 10% off the one before it.
+TEST(CliBench, ACaseIsSteadyWhileEveryProbeIsWithinTenPercentOfTheFirst) {
+  qkv::tools::CaseResult r;
+  r.peak = 400;
+  EXPECT_TRUE(r.steady());
+  r.probes_after = {370, 440};
+  EXPECT_TRUE(r.steady());
+  r.probes_after = {390, 200};  // a half-speed phase began after the first
+  EXPECT_FALSE(r.steady());
+  r.probes_after = {480};  // the case began in a slow phase
+  EXPECT_FALSE(r.steady());
 }
 
 // A stand-in for the interpreter that runs peers.py --serve: it answers the
@@ -91,8 +112,10 @@ read request; exit 3
 )";
 
 TEST(CliBench, PeersAreAskedCaseByCaseAndAPeerThatDiesIsReportedNotFatal) {
+  // --retries 0: a case timed again would ask the stand-in a second time.
   const BenchRun bench(
-      "bench --cases '^d64-h32/8-s512-(causal|full)-fp32$' --threads 1 --python ./fake-python --json out.json",
+      "bench --cases '^d64-h32/8-s512-(causal|full)-fp32$' --threads 1 --retries 0 --python ./fake-python "
+      "--json out.json",
       {{"fake-python", kFakePython}});
   ASSERT_EQ(bench.run().exit_code, 0) << bench.run().err;
   // The request: one JSON line naming the peer and the whole case.
@@ -158,7 +181,8 @@ TEST(CliBench, DecodeOneContextPerCacheTypeAgreesWithTheBaseline) {
 
 TEST(CliBench, BadOptionsExitTwoWithOneLine) {
   for (const char* args : {"bench --cases 'nomatch' --peers none", "bench --cases '(' --peers none",
-                           "bench decode --contexts 0", "bench decode --types f64"}) {
+                           "bench decode --contexts 0", "bench decode --types f64",
+                           "bench --retries 11 --peers none"}) {
     const BenchRun bench(args);
     EXPECT_EQ(bench.run().exit_code, 2) << args;
     EXPECT_EQ(bench.run().err.find("qkv: error: "), 0u) << args << ": " << bench.run().err;

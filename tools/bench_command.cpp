@@ -76,6 +76,7 @@ struct BenchOptions {
   std::string peers = "auto";
   std::string python = "python3";
   std::string cases;
+  int retries = kCaseRetries;  // times a case is timed again when the machine changed speed
 };
 
 // ---------------------------------------------------------------- inputs
@@ -245,79 +246,99 @@ class Stopwatch {
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 
-// Times the FMA peak, qkv, the baseline and the peers on every case, in
-// order; inputs are made once per shape and shared by the cases that follow
-// with the same shape.
-std::vector<CaseResult> run_sweep(const std::vector<BenchCase>& cases, int threads, bool bf16_units,
-                                  PeersServer& peers, const Stopwatch& clock, ProgressLine& progress) {
+// Times qkv, qkv-fma, the baseline and the peers on one case, with the FMA
+// probe before the first and after each (CaseResult::probes_after).
+void time_case(const BenchCase& c, Inputs& inputs, int threads, bool bf16_units, PeersServer& peers,
+               ProgressLine& progress, CaseResult& result) {
+  const auto probe = [&] { result.probes_after.push_back(measure_peak(threads)); };
+  result.peak = measure_peak(threads);
+  progress.append(format(" %.0f, qkv...", result.peak));
+
+  Measured& qkv = result.impl["qkv"];
+  AlignedVector<float> o_qkv;
+  if (c.dtype == DType::kBFloat16) {
+    AlignedVector<uint16_t> o = inputs.new_output_bf16();
+    const AttentionParams params = inputs.params(c, o.data(), threads);
+    qkv.seconds = time_call([&] { attention(params); }, c.seq);
+  } else {
+    o_qkv = inputs.new_output_f32();
+    const AttentionParams params = inputs.params(c, o_qkv.data(), threads);
+    qkv.seconds = time_call([&] { attention(params); }, c.seq);
+  }
+  probe();
+  progress.append(" " + format_time(qkv.seconds));
+
+  if (bf16_units) {  // the same call with the bf16 units off: the float32 kernel
+    Measured& fma = result.impl[kFmaImpl];
+    if (c.dtype == DType::kBFloat16) {
+      progress.append(std::string(", ") + kFmaImpl + "...");
+      AlignedVector<uint16_t> o = inputs.new_output_bf16();
+      const AttentionParams params = inputs.params(c, o.data(), threads);
+      internal::set_dot_units_enabled(false);
+      fma.seconds = time_call([&] { attention(params); }, c.seq);
+      internal::set_dot_units_enabled(true);
+      probe();
+      progress.append(" " + format_time(fma.seconds));
+    } else {
+      fma.skipped = "bf16 cases only";
+    }
+  }
+  progress.append(", openblas...");
+
+  Measured& baseline = result.impl["openblas"];
+  const int64_t baseline_bytes = materialized_attention_bytes(inputs.params(c, nullptr, threads)) +
+                                 c.seq * c.heads * c.head_dim * 4;  // its scores and output
+  baseline.skipped = baseline_skip_reason(c, baseline_bytes);
+  if (baseline.skipped.empty()) {
+    AlignedVector<float> o = inputs.new_output_f32();
+    const AttentionParams params = inputs.params(c, o.data(), threads);
+    baseline.seconds = time_call([&] { materialized_attention(params); }, c.seq);
+    baseline.max_abs_diff = max_abs_diff(o_qkv, o);
+    std::this_thread::sleep_for(kBlasIdle);
+    probe();
+    progress.append(" " + format_time(baseline.seconds));
+  } else {
+    progress.append(" skipped");
+    // qkv's workers too spin a little after a call: idle before a peer is timed.
+    if (!peers.names().empty()) std::this_thread::sleep_for(kBlasIdle);
+  }
+
+  for (const std::string& name : peers.names()) {
+    progress.append(", " + name + "...");
+    const PeerResult peer = peers.time(c, name);
+    Measured& m = result.impl[name];
+    m.seconds = peer.unavailable.empty() ? peer.seconds : 0;
+    m.skipped = peer.unavailable;
+    m.note = peer.note;
+    if (m.ok()) probe();
+    progress.append(m.ok() ? " " + format_time(m.seconds) : " unavailable");
+  }
+}
+
+// Times every case in order (time_case); a case during which the machine
+// changed speed (this VM halves its speed for seconds to minutes at a time)
+// is timed again, up to `retries` times. Inputs are made once per shape
+// and shared by the cases that follow with the same shape.
+std::vector<CaseResult> run_sweep(const std::vector<BenchCase>& cases, int threads, int retries,
+                                  bool bf16_units, PeersServer& peers, const Stopwatch& clock,
+                                  ProgressLine& progress) {
   std::vector<CaseResult> results;
   std::unique_ptr<Inputs> inputs;
   for (size_t n = 0; n < cases.size(); ++n) {
     const BenchCase& c = cases[n];
-    CaseResult result{c, {}};
-    progress.start(format("[%zu/%zu %s] %s: peak...", n + 1, cases.size(), clock.elapsed().c_str(),
-                          c.name().c_str()));
-    result.peak = measure_peak(threads);
-    progress.append(format(" %.0f, qkv...", result.peak));
     if (!inputs || !inputs->serves(c)) {
       inputs.reset();  // free the previous shape first
       inputs = std::make_unique<Inputs>(c);
     }
-
-    Measured& qkv = result.impl["qkv"];
-    AlignedVector<float> o_qkv;
-    if (c.dtype == DType::kBFloat16) {
-      AlignedVector<uint16_t> o = inputs->new_output_bf16();
-      const AttentionParams params = inputs->params(c, o.data(), threads);
-      qkv.seconds = time_call([&] { attention(params); }, c.seq);
-    } else {
-      o_qkv = inputs->new_output_f32();
-      const AttentionParams params = inputs->params(c, o_qkv.data(), threads);
-      qkv.seconds = time_call([&] { attention(params); }, c.seq);
-    }
-    progress.append(" " + format_time(qkv.seconds));
-
-    if (bf16_units) {  // the same call with the bf16 units off: the float32 kernel
-      Measured& fma = result.impl[kFmaImpl];
-      if (c.dtype == DType::kBFloat16) {
-        progress.append(std::string(", ") + kFmaImpl + "...");
-        AlignedVector<uint16_t> o = inputs->new_output_bf16();
-        const AttentionParams params = inputs->params(c, o.data(), threads);
-        internal::set_dot_units_enabled(false);
-        fma.seconds = time_call([&] { attention(params); }, c.seq);
-        internal::set_dot_units_enabled(true);
-        progress.append(" " + format_time(fma.seconds));
-      } else {
-        fma.skipped = "bf16 cases only";
-      }
-    }
-    progress.append(", openblas...");
-
-    Measured& baseline = result.impl["openblas"];
-    const int64_t baseline_bytes = materialized_attention_bytes(inputs->params(c, nullptr, threads)) +
-                                   c.seq * c.heads * c.head_dim * 4;  // its scores and output
-    baseline.skipped = baseline_skip_reason(c, baseline_bytes);
-    if (baseline.skipped.empty()) {
-      AlignedVector<float> o = inputs->new_output_f32();
-      const AttentionParams params = inputs->params(c, o.data(), threads);
-      baseline.seconds = time_call([&] { materialized_attention(params); }, c.seq);
-      baseline.max_abs_diff = max_abs_diff(o_qkv, o);
-      std::this_thread::sleep_for(kBlasIdle);
-      progress.append(" " + format_time(baseline.seconds));
-    } else {
-      progress.append(" skipped");
-      // qkv's workers too spin a little after a call: idle before a peer is timed.
-      if (!peers.names().empty()) std::this_thread::sleep_for(kBlasIdle);
-    }
-
-    for (const std::string& name : peers.names()) {
-      progress.append(", " + name + "...");
-      const PeerResult peer = peers.time(c, name);
-      Measured& m = result.impl[name];
-      m.seconds = peer.unavailable.empty() ? peer.seconds : 0;
-      m.skipped = peer.unavailable;
-      m.note = peer.note;
-      progress.append(m.ok() ? " " + format_time(m.seconds) : " unavailable");
+    CaseResult result;
+    for (int attempt = 0;; ++attempt) {
+      result = CaseResult();
+      result.shape = c;
+      result.retries = attempt;
+      progress.start(format("[%zu/%zu %s] %s%s: peak...", n + 1, cases.size(), clock.elapsed().c_str(),
+                            c.name().c_str(), attempt > 0 ? format(" (again, %d)", attempt).c_str() : ""));
+      time_case(c, *inputs, threads, bf16_units, peers, progress, result);
+      if (result.steady() || attempt >= retries) break;
     }
     results.push_back(std::move(result));
   }
@@ -435,7 +456,7 @@ void run_bench(const BenchOptions& options) {
   PeersServer peers(options.python, options.peers, threads);
   if (!peers.report().failure.empty()) std::fprintf(stderr, "peers: %s\n", peers.report().failure.c_str());
 
-  run.cases = run_sweep(cases, threads, machine.bf16_units(), peers, clock, progress);
+  run.cases = run_sweep(cases, threads, options.retries, machine.bf16_units(), peers, clock, progress);
   run.peers = peers.report();
   run.scaling = run_scaling(threads, progress);
 
@@ -448,7 +469,8 @@ void run_bench(const BenchOptions& options) {
   const Json report = report_json(run, Json::Object{{"quick", options.quick},
                                                     {"threads", options.threads},
                                                     {"cases", options.cases},
-                                                    {"peers", options.peers}});
+                                                    {"peers", options.peers},
+                                                    {"retries", options.retries}});
   if (!options.json.empty()) {
     write_file(options.json, report.dump(2) + "\n");
     std::printf("json      wrote %s\n", options.json.c_str());
@@ -481,6 +503,11 @@ void register_bench(CLI::App& app) {
       ->capture_default_str();
   bench->add_option("--cases", options->cases,
                     "Only the cases whose name matches this regex, e.g. 'd128-h32/8-s(512|1024)-causal-fp32'");
+  bench->add_option("--retries", options->retries,
+                    "Times a case is timed again when the FMA probe after one of its implementations is more "
+                    "than 10% off the one before it (the machine changed speed)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 10));
   bench->footer(
       "\nCases are named d<head_dim>-h<heads>/<kv_heads>-s<seq>-<causal|full>-<fp32|bf16>.\n"
       "Progress goes to stderr; the report, one table per shape, to stdout.");

@@ -80,6 +80,7 @@ bool peer_absent(const PeersReport& peers, const std::string& name) {
 
 // The peak a case's "% peak" is taken of: its own, measured right before it
 // (the run's, for a result made without one).
+
 double case_peak(const CaseResult& r, const Peak& run_peak) { return r.peak > 0 ? r.peak : run_peak.best(); }
 
 void print_group(const std::vector<const CaseResult*>& rows, const std::vector<std::string>& impls,
@@ -245,6 +246,19 @@ void print_report(const BenchRun& run) {
   }
   if (highest > 0) std::printf("; before each case %.1f to %.1f", lowest, highest);
   std::printf("\n");
+  int again = 0;
+  std::string unsteady;
+  for (const CaseResult& r : results) {
+    again += r.retries > 0;
+    if (!r.steady()) unsteady += (unsteady.empty() ? "" : ", ") + r.shape.name();
+  }
+  if (again > 0) {
+    std::printf("steady    %d case%s timed again: the probe after an implementation was more than %.0f%% off "
+                "the one before (the machine changed speed)%s%s\n",
+                again, again == 1 ? "" : "s", 100 * kSteadyProbes,
+                unsteady.empty() ? "" : "; still unsteady after the last: ",
+                unsteady.c_str());
+  }
   if (!peers.names.empty()) {
     std::string line;
     for (const std::string& name : peers.names) line += (line.empty() ? "" : "; ") + peer_status(peers, name);
@@ -400,6 +414,11 @@ Json report_json(const BenchRun& run, Json options) {
                           {"dtype", short_dtype_name(c.dtype)},
                           {"flops", c.flops()}}};
     row.set("peak_gflops", case_peak(r, peak));
+    Json probes{Json::Array{}};
+    for (const double probe : r.probes_after) probes.push(probe);
+    row.set("probes_after_gflops", std::move(probes));
+    row.set("retries", static_cast<int64_t>(r.retries));
+    row.set("steady", r.steady());
     Json by_impl{Json::Object{}};
     for (const std::string& impl : impls) {
       by_impl.set(impl, measured_json(c, impl, r.impl.at(impl), r.impl.at("qkv"), case_peak(r, peak), peak.best()));

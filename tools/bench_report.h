@@ -50,7 +50,24 @@ struct CaseResult {
   BenchCase shape;
   std::map<std::string, Measured> impl;  // "qkv", "openblas", then the peers
   double peak = 0;  // the fp32 FMA peak (GFLOP/s) measured right before the case; its "% peak"
+  // The probe again after each implementation: the case is timed again (at
+  // most --retries times, kCaseRetries by default) when one of them is off
+  // `peak` by more than kSteadyProbes, i.e. the machine changed speed while
+  // the case ran.
+  std::vector<double> probes_after;
+  int retries = 0;
+  bool steady() const;
 };
+
+inline constexpr int kCaseRetries = 2;
+inline constexpr double kSteadyProbes = 0.10;
+
+inline bool CaseResult::steady() const {
+  for (const double probe : probes_after) {
+    if (probe < peak * (1 - kSteadyProbes) || peak < probe * (1 - kSteadyProbes)) return false;
+  }
+  return true;
+}
 
 // fp32 FMA throughput in GFLOP/s at the start and end of the run (all threads)
 // and with one thread; each case also has its own (CaseResult::peak).

@@ -601,23 +601,36 @@ std::atomic<Bf16Engine> g_forced{Bf16Engine::kNone};
 void bf16_flash_force_engine(Bf16Engine engine) { g_forced.store(engine, std::memory_order_relaxed); }
 
 #if defined(QKV_HAVE_AMX) && (HWY_TARGETS & HWY_AVX3)
+namespace {
+
+bool usable(Bf16Engine engine) {
+  switch (engine) {
+    case Bf16Engine::kAmx: return amx_enabled();
+    // The dot-product engine is the AVX3 pass's code: Highway must also find
+    // AVX-512 usable (it is, wherever AVX512-BF16 is, unless tests forced a
+    // lesser target, which then covers bfloat16 with the float32 kernel).
+    case Bf16Engine::kDot:
+      return avx512_bf16_enabled() && (hwy::SupportedTargets() & HWY_AVX3) != 0;
+    case Bf16Engine::kNone: break;
+  }
+  return false;
+}
+
+}  // namespace
+
 std::vector<Bf16Engine> bf16_flash_engines() {
   std::vector<Bf16Engine> engines;
-  if (amx_enabled()) engines.push_back(Bf16Engine::kAmx);
-  // The dot-product engine is the AVX3 pass's code: Highway must also find
-  // AVX-512 usable (it is, wherever AVX512-BF16 is, unless tests forced a
-  // lesser target, which then covers bfloat16 with the float32 kernel).
-  if (avx512_bf16_enabled() && (hwy::SupportedTargets() & HWY_AVX3) != 0) {
-    engines.push_back(Bf16Engine::kDot);
+  for (const Bf16Engine engine : {Bf16Engine::kAmx, Bf16Engine::kDot}) {
+    if (usable(engine)) engines.push_back(engine);
   }
   return engines;
 }
 
 Bf16Engine bf16_flash_engine() {
-  const std::vector<Bf16Engine> engines = bf16_flash_engines();
-  if (engines.empty()) return Bf16Engine::kNone;
   const Bf16Engine forced = g_forced.load(std::memory_order_relaxed);
-  return std::find(engines.begin(), engines.end(), forced) != engines.end() ? forced : engines[0];
+  if (forced != Bf16Engine::kNone && usable(forced)) return forced;
+  if (usable(Bf16Engine::kAmx)) return Bf16Engine::kAmx;
+  return usable(Bf16Engine::kDot) ? Bf16Engine::kDot : Bf16Engine::kNone;
 }
 
 void bf16_flash_forward(const AttentionProblem& problem) {
