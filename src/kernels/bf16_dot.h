@@ -17,34 +17,14 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <type_traits>
 
 namespace qkv::internal::bf16dot {
 
-inline constexpr int kMaxRows = 12;
+inline constexpr int kMaxRows = 12;  // rows per register block (WithPanelRows, microkernel-inl.h)
 // Row stride (bf16) of the P buffer: a compile-time constant, so the P.V
 // kernel addresses all rows from one base register; 32 past the longest
 // block (512 keys) keeps rows off the same 4 KiB-aliased sets.
 inline constexpr int64_t kPStride = 512 + 32;
-
-// Calls f(std::integral_constant<int, rows>) for rows in [1, kMaxRows].
-template <class F>
-inline void WithRows(int64_t rows, F&& f) {
-  switch (rows) {
-    case 1: f(std::integral_constant<int, 1>()); break;
-    case 2: f(std::integral_constant<int, 2>()); break;
-    case 3: f(std::integral_constant<int, 3>()); break;
-    case 4: f(std::integral_constant<int, 4>()); break;
-    case 5: f(std::integral_constant<int, 5>()); break;
-    case 6: f(std::integral_constant<int, 6>()); break;
-    case 7: f(std::integral_constant<int, 7>()); break;
-    case 8: f(std::integral_constant<int, 8>()); break;
-    case 9: f(std::integral_constant<int, 9>()); break;
-    case 10: f(std::integral_constant<int, 10>()); break;
-    case 11: f(std::integral_constant<int, 11>()); break;
-    default: f(std::integral_constant<int, 12>()); break;
-  }
-}
 
 inline __m512bh AsPairs(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
 

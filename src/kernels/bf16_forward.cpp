@@ -74,6 +74,7 @@
 #endif
 
 #include "hwy/highway.h"
+#include "kernels/microkernel-inl.h"
 #include "kernels/online_softmax-inl.h"
 #include "kernels/transpose-inl.h"
 
@@ -100,6 +101,7 @@ constexpr int64_t kPackBudgetBytes = int64_t{8} << 20;
 constexpr int64_t kPackChunkKeys = 512;  // keys x kv heads per packing task (PackTasks)
 constexpr int64_t kMaxBlockKv = 512;
 static_assert(bf16dot::kPStride >= kMaxBlockKv, "a P row holds a whole block");
+static_assert(kMaxPanelRows == bf16dot::kMaxRows, "WithPanelRows covers the dot products' rows");
 // Rows (positions x group) per task, and keys per block: at head_dim 128 the
 // task's Q (bf16) and O (fp32) take 96 KiB for 128 rows, a K/V block of 256
 // keys 128 KiB (L2), the double-buffered S and P of a row group 128 KiB
@@ -515,8 +517,11 @@ void RunTileDot(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t
     const uint16_t* kb = kp + (it.k0 / kKeyTile) * dim_steps * kTileElems;
     const uint16_t* vb = vp + (it.k0 / kKeyStep) * col_tiles * kTileElems;
     float* s = w.s[0];
+    const auto panel_rows = [&](int64_t r) {
+      return static_cast<int>(std::min<int64_t>(bf16dot::kMaxRows, it.rows - r));
+    };
     for (int64_t r = 0; r < it.rows; r += bf16dot::kMaxRows) {
-      bf16dot::WithRows(std::min<int64_t>(bf16dot::kMaxRows, it.rows - r), [&](auto kRows) {
+      WithPanelRows(panel_rows(r), [&](auto kRows) {
         bf16dot::Scores<kRows()>(qt + r, kb, g.dim_pad, it.n_pad, s + r * g.block_kv, g.block_kv);
       });
     }
@@ -525,7 +530,7 @@ void RunTileDot(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t
                                      w.p_dot + r * bf16dot::kPStride, nullptr, w);
     }
     for (int64_t r = 0; r < it.rows; r += bf16dot::kMaxRows) {
-      bf16dot::WithRows(std::min<int64_t>(bf16dot::kMaxRows, it.rows - r), [&](auto kRows) {
+      WithPanelRows(panel_rows(r), [&](auto kRows) {
         const uint16_t* pr = w.p_dot + r * bf16dot::kPStride;
         float* o = w.o + (it.r0 + r) * g.dim_v_pad;
         int64_t c = 0;
