@@ -1,4 +1,4 @@
-// The task structure shared by the flash kernels (float32 and AMX): how the
+// The task structure shared by the flash kernels (float32 and bfloat16): how the
 // (batch, kv head) pairs are scheduled (rounds of shared packing and query
 // tiles, or one pair per task), how a round is cut into packing tasks and
 // query-tile tasks, and the order a packing task walks its keys.
