@@ -505,7 +505,7 @@ void register_bench(CLI::App& app) {
                     "Only the cases whose name matches this regex, e.g. 'd128-h32/8-s(512|1024)-causal-fp32'");
   bench->add_option("--retries", options->retries,
                     "Times a case is timed again when the FMA probe after one of its implementations is more "
-                    "than 10% off the one before it (the machine changed speed)")
+                    "than 5% off the one before it (the machine changed speed)")
       ->capture_default_str()
       ->check(CLI::Range(0, 10));
   bench->footer(
