@@ -44,7 +44,6 @@ void print_table(const std::vector<std::vector<std::string>>& cells, size_t left
   }
 }
 
-// "met", or "MISSED by <how much>".
 }  // namespace
 
 void print_decode_report(const DecodeRun& run) {
@@ -89,10 +88,11 @@ void print_decode_report(const DecodeRun& run) {
   for (const DecodeRow& r : run.rows) {
     if (!r.ok() || r.dtype != DType::kFloat16 || r.context < kTargetMinContext) continue;
     const double percent = r.percent_of_probe();
-    std::printf("  fp16 %8lld: %3.0f%% of the read bandwidth (target %.0f%%%s): %s\n",
+    // One decimal: 84.96% read "85%" and "MISSED by 0 points".
+    std::printf("  fp16 %8lld: %4.1f%% of the read bandwidth (target %.0f%%%s): %s\n",
                 static_cast<long long>(r.context), percent, kTargetPercentOfProbe,
                 run.threads == 2 ? "" : ", set for 2 threads",
-                verdict(percent >= kTargetPercentOfProbe, format("%.0f points", kTargetPercentOfProbe - percent)).c_str());
+                verdict(percent >= kTargetPercentOfProbe, format("%.1f points", kTargetPercentOfProbe - percent)).c_str());
   }
   for (const DecodeRow& r : run.rows) {
     const DecodeRow* fp16 = r.dtype == DType::kInt8 && r.ok() ? find_row(run, r.context, DType::kFloat16) : nullptr;
@@ -100,7 +100,7 @@ void print_decode_report(const DecodeRun& run) {
     const double ratio = fp16->qkv.median / r.qkv.median;
     std::printf("  int8 %8lld: x%.2f fp16's tokens/s (target x%.1f): %s\n", static_cast<long long>(r.context), ratio,
                 kTargetInt8OverFp16,
-                verdict(ratio >= kTargetInt8OverFp16, format("%.0f%%", 100 * (1 - ratio / kTargetInt8OverFp16))).c_str());
+                verdict(ratio >= kTargetInt8OverFp16, format("%.1f%%", 100 * (1 - ratio / kTargetInt8OverFp16))).c_str());
   }
   for (const DecodeRow& r : run.rows) {
     if (!r.ok()) continue;
