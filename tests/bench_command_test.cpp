@@ -185,6 +185,26 @@ TEST(CliBench, DecodeOneContextPerCacheTypeAgreesWithTheBaseline) {
   EXPECT_TRUE(std::regex_search(bench.run().out, target)) << bench.run().out;
 }
 
+// The fp16 target line (contexts from 32K); a cache that fits the L3 (as the
+// run read it) also gets its share of the DRAM probe, the memory it would
+// come from past the L3.
+TEST(CliBench, DecodeTargetLineNamesTheDramProbeWhereTheCacheFitsTheL3) {
+  const BenchRun bench("bench decode --contexts 32768 --types f16 --quick --threads 1 --json out.json");
+  ASSERT_EQ(bench.run().exit_code, 0) << bench.run().err;
+  const Json report = bench.json("out.json");
+  const Json& row = report.find("rows")->as_array().at(0);
+  const double kv_bytes = number(row, "kv_bytes_per_step");
+  const double l3_bytes = number(*report.find("machine"), "l3_bytes");
+  const std::regex line(
+      R"(fp16 +32768: [0-9]+\.[0-9]% of the read bandwidth \(target 85%, set for 2 threads\): (met|MISSED by [0-9]+\.[0-9] points)( \(the cache fits the L3: ([0-9]+)% of the DRAM probe\))?\n)");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(bench.run().out, m, line)) << bench.run().out;
+  EXPECT_EQ(m[2].matched, kv_bytes <= l3_bytes) << bench.run().out;
+  if (m[2].matched) {
+    EXPECT_NEAR(std::stod(m[3].str()), number(row, "percent_of_dram_probe"), 0.51);
+  }
+}
+
 TEST(CliBench, BadOptionsExitTwoWithOneLine) {
   for (const char* args : {"bench --cases 'nomatch' --peers none", "bench --cases '(' --peers none",
                            "bench decode --contexts 0", "bench decode --types f64",

@@ -88,11 +88,19 @@ void print_decode_report(const DecodeRun& run) {
   for (const DecodeRow& r : run.rows) {
     if (!r.ok() || r.dtype != DType::kFloat16 || r.context < kTargetMinContext) continue;
     const double percent = r.percent_of_probe();
+    // A cache that fits the L3 is held to the L3's probe; the DRAM probe's
+    // share beside it (the memory a cache past the L3 comes from).
+    const std::string in_l3 =
+        r.bytes <= run.l3_bytes
+            ? format(" (the cache fits the L3: %.0f%% of the DRAM probe)",
+                     100 * r.gbs() / std::max(run.dram_gbs_start, run.dram_gbs_end))
+            : "";
     // One decimal: 84.96% read "85%" and "MISSED by 0 points".
-    std::printf("  fp16 %8lld: %4.1f%% of the read bandwidth (target %.0f%%%s): %s\n",
+    std::printf("  fp16 %8lld: %4.1f%% of the read bandwidth (target %.0f%%%s): %s%s\n",
                 static_cast<long long>(r.context), percent, kTargetPercentOfProbe,
                 run.threads == 2 ? "" : ", set for 2 threads",
-                verdict(percent >= kTargetPercentOfProbe, format("%.1f points", kTargetPercentOfProbe - percent)).c_str());
+                verdict(percent >= kTargetPercentOfProbe, format("%.1f points", kTargetPercentOfProbe - percent)).c_str(),
+                in_l3.c_str());
   }
   for (const DecodeRow& r : run.rows) {
     const DecodeRow* fp16 = r.dtype == DType::kInt8 && r.ok() ? find_row(run, r.context, DType::kFloat16) : nullptr;
