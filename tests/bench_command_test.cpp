@@ -196,7 +196,7 @@ TEST(CliBench, DecodeTargetLineNamesTheDramProbeWhereTheCacheFitsTheL3) {
   const double kv_bytes = number(row, "kv_bytes_per_step");
   const double l3_bytes = number(*report.find("machine"), "l3_bytes");
   const std::regex line(
-      R"(fp16 +32768: [0-9]+\.[0-9]% of the read bandwidth \(target 85%, set for 2 threads\): (met|MISSED by [0-9]+\.[0-9] points)( \(the cache fits the L3: ([0-9]+)% of the DRAM probe\))?\n)");
+      R"(fp16 +32768: +[0-9]+\.[0-9]% of the read bandwidth \(target 85%, set for 2 threads\): (met|MISSED by [0-9]+\.[0-9] points)( \(the cache fits the L3: ([0-9]+)% of the DRAM probe\))?\n)");
   std::smatch m;
   ASSERT_TRUE(std::regex_search(bench.run().out, m, line)) << bench.run().out;
   EXPECT_EQ(m[2].matched, kv_bytes <= l3_bytes) << bench.run().out;
