@@ -44,6 +44,12 @@ void print_table(const std::vector<std::vector<std::string>>& cells, size_t left
   }
 }
 
+// The step's read rate as a share of the DRAM probe (the larger of the run's
+// two readings): the report's L3-resident fp16 lines and every JSON row.
+double percent_of_dram_probe(const DecodeRun& run, const DecodeRow& r) {
+  return 100 * r.gbs() / std::max(run.dram_gbs_start, run.dram_gbs_end);
+}
+
 }  // namespace
 
 void print_decode_report(const DecodeRun& run) {
@@ -92,8 +98,7 @@ void print_decode_report(const DecodeRun& run) {
     // share beside it (the memory a cache past the L3 comes from).
     const std::string in_l3 =
         r.bytes <= run.l3_bytes
-            ? format(" (the cache fits the L3: %.0f%% of the DRAM probe)",
-                     100 * r.gbs() / std::max(run.dram_gbs_start, run.dram_gbs_end))
+            ? format(" (the cache fits the L3: %.0f%% of the DRAM probe)", percent_of_dram_probe(run, r))
             : "";
     // One decimal: 84.96% read "85%" and "MISSED by 0 points".
     std::printf("  fp16 %8lld: %4.1f%% of the read bandwidth (target %.0f%%%s): %s%s\n",
@@ -205,7 +210,7 @@ Json decode_json(const DecodeRun& run, const DecodeOptions& options) {
     row.set("kernel_order_stream_gbs", r.stream_gbs());
     row.set("on_cpu", r.qkv.on_cpu);
     row.set("baseline_on_cpu", r.baseline.on_cpu);
-    row.set("percent_of_dram_probe", 100 * r.gbs() / std::max(run.dram_gbs_start, run.dram_gbs_end));
+    row.set("percent_of_dram_probe", percent_of_dram_probe(run, r));
     row.set("baseline_seconds", r.baseline.median);
     row.set("baseline_steps", r.baseline.steps);
     row.set("speedup_vs_baseline", r.speedup());

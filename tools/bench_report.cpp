@@ -80,7 +80,6 @@ bool peer_absent(const PeersReport& peers, const std::string& name) {
 
 // The peak a case's "% peak" is taken of: its own, measured right before it
 // (the run's, for a result made without one).
-
 double case_peak(const CaseResult& r, const Peak& run_peak) { return r.peak > 0 ? r.peak : run_peak.best(); }
 
 void print_group(const std::vector<const CaseResult*>& rows, const std::vector<std::string>& impls,
