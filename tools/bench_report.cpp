@@ -78,9 +78,11 @@ bool peer_absent(const PeersReport& peers, const std::string& name) {
   return peer == nullptr || peer->find("unavailable") != nullptr;
 }
 
-// The peak a case's "% peak" is taken of: its own, measured right before it
-// (the run's, for a result made without one).
-double case_peak(const CaseResult& r, const Peak& run_peak) { return r.peak > 0 ? r.peak : run_peak.best(); }
+// The peak a case's "% peak" is taken of: the best of its own probes, before
+// it and after each implementation (the run's, for a result made without one).
+double case_peak(const CaseResult& r, const Peak& run_peak) {
+  return r.peak > 0 ? r.best_probe() : run_peak.best();
+}
 
 void print_group(const std::vector<const CaseResult*>& rows, const std::vector<std::string>& impls,
                  const Peak& run_peak) {
@@ -342,8 +344,8 @@ void print_report(const BenchRun& run) {
       "          Batch 1, random inputs in [-1, 1); bf16 cases use the fp32 values rounded to bf16.\n"
       "GFLOP/s   4*heads*seq^2*head_dim, halved for causal: the work of a kernel that skips masked keys,\n"
       "          whatever an implementation really computes.\n"
-      "%% peak    of the fp32 FMA peak measured right before the case (every implementation of a case\n"
-      "          runs within seconds of it), for bf16 cases too, where bf16 dot-product units\n"
+      "%% peak    of the fp32 FMA peak: the best of the probes right before the case and after each of\n"
+      "          its implementations (all within seconds), for bf16 cases too, where bf16 dot-product units\n"
       "          (AVX512-BF16, AMX: qkv where the CPU has them, peers) may exceed 100%%. --json also gives the\n"
       "          percentage of the run's peak (max of start and end).\n"
       "speed-up  the implementation's time / qkv's time on the same case: > 1 means qkv is faster.\n"

@@ -2,6 +2,7 @@
 // shape on stdout (print_report) and the --json document (report_json).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <limits>
@@ -49,7 +50,7 @@ struct Measured {
 struct CaseResult {
   BenchCase shape;
   std::map<std::string, Measured> impl;  // "qkv", "openblas", then the peers
-  double peak = 0;  // the fp32 FMA peak (GFLOP/s) measured right before the case; its "% peak"
+  double peak = 0;  // the fp32 FMA peak (GFLOP/s) measured right before the case
   // The probe again after each implementation: the case is timed again (at
   // most --retries times, kCaseRetries by default) when one of them is off
   // `peak` by more than kSteadyProbes, i.e. the machine changed speed while
@@ -59,10 +60,22 @@ struct CaseResult {
   std::vector<double> probes_after;
   int retries = 0;
   bool steady() const;
+  // What the case's "% peak" is taken of: the best of its probes, so a case
+  // that began in a slow phase (and stayed unsteady through its retries) is
+  // not measured against that phase's lower peak. (A sweep of 2026-12-07 had
+  // such a case at 95.4% of the 456 GFLOP/s read before it, where the probes
+  // after it read 494-495: 87.9% of those.)
+  double best_probe() const;
 };
 
 inline constexpr int kCaseRetries = 2;
 inline constexpr double kSteadyProbes = 0.05;
+
+inline double CaseResult::best_probe() const {
+  double best = peak;
+  for (const double probe : probes_after) best = std::max(best, probe);
+  return best;
+}
 
 inline bool CaseResult::steady() const {
   for (const double probe : probes_after) {
