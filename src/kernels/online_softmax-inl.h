@@ -192,35 +192,24 @@ HWY_INLINE RowShift AdvanceRowMax(const ScoreUnits& units, float block_max, floa
   return {m_use, alpha};
 }
 
-// The largest (kMax) or smallest score of s[0, n_pad), n_pad a multiple of
-// the lanes, in four independent chains: one chain waits out Max's latency per
-// vector (~2% of a float32 causal prefill at head_dim 128). Max and Min are
-// exact, so the grouping leaves the result.
-template <bool kMax, class D>
-HWY_INLINE float RowExtreme(D d, const float* HWY_RESTRICT s, int64_t n_pad) {
-  using V = hn::Vec<D>;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  const auto op = [](V a, V b) { return kMax ? hn::Max(a, b) : hn::Min(a, b); };
-  const float inf = std::numeric_limits<float>::infinity();
-  V e0 = hn::Set(d, kMax ? -inf : inf), e1 = e0, e2 = e0, e3 = e0;
-  int64_t j = 0;
-  for (; j + 4 * N <= n_pad; j += 4 * N) {
-    e0 = op(e0, hn::Load(d, s + j));
-    e1 = op(e1, hn::Load(d, s + j + N));
-    e2 = op(e2, hn::Load(d, s + j + 2 * N));
-    e3 = op(e3, hn::Load(d, s + j + 3 * N));
-  }
-  for (; j < n_pad; j += N) e0 = op(e0, hn::Load(d, s + j));
-  const V e = op(op(e0, e1), op(e2, e3));
-  return hn::GetLane(kMax ? hn::MaxOfLanes(d, e) : hn::MinOfLanes(d, e));
-}
+// The largest score of s[0, n_pad), n_pad a multiple of the lanes, in four
+// independent chains: with one, each Max waits for the previous one's result
+// (perf, one thread, 32/32 heads, seq 2048, causal: 3% of the samples on that
+// loop). Max is exact, so the grouping leaves the result.
 template <class D>
 HWY_INLINE float RowMax(D d, const float* HWY_RESTRICT s, int64_t n_pad) {
-  return RowExtreme<true>(d, s, n_pad);
-}
-template <class D>
-HWY_INLINE float RowMin(D d, const float* HWY_RESTRICT s, int64_t n_pad) {
-  return RowExtreme<false>(d, s, n_pad);
+  using V = hn::Vec<D>;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  V m0 = hn::Set(d, -std::numeric_limits<float>::infinity()), m1 = m0, m2 = m0, m3 = m0;
+  int64_t j = 0;
+  for (; j + 4 * N <= n_pad; j += 4 * N) {
+    m0 = hn::Max(m0, hn::Load(d, s + j));
+    m1 = hn::Max(m1, hn::Load(d, s + j + N));
+    m2 = hn::Max(m2, hn::Load(d, s + j + 2 * N));
+    m3 = hn::Max(m3, hn::Load(d, s + j + 3 * N));
+  }
+  for (; j < n_pad; j += N) m0 = hn::Max(m0, hn::Load(d, s + j));
+  return hn::GetLane(hn::MaxOfLanes(d, hn::Max(hn::Max(m0, m1), hn::Max(m2, m3))));
 }
 
 // Online-softmax update of one row with the scores s[0, n_pad) of a new key
