@@ -411,163 +411,225 @@ TEST(KVCache, Int8QuantizationErrorIsHalfAStep) {
   }
 }
 
+// Restores the default dispatch and the decode paths when a test ends, even
+// on a failed assertion.
+struct DefaultDecodeOnExit {
+  ~DefaultDecodeOnExit() {
+    internal::flash_force_target(0);
+    internal::set_decode_fixed_point_enabled(true);
+    internal::set_dot_units_enabled(true);
+  }
+};
+
 TEST(KVCache, Int8InFixedPointStaysWithinItsBound) {
-  // With AVX512-VNNI (and AMX-INT8, where present: the same integers,
-  // Int8OnAmxEqualsVnniBitForBit) the decode kernel computes with an int8
-  // cache in integer arithmetic: q as 16-bit fixed point (|q16| <= 32639,
+  // On AVX2, and on AVX-512 with AVX512-VNNI (and AMX-INT8, where present:
+  // the same integers, Int8OnAmxEqualsVnniBitForBit) the decode kernel
+  // computes with an int8 cache in integer arithmetic: q as 16-bit fixed
+  // point (|q16| <= 32639,
   // each element within max|q| / 65278, q in log2 units), so a score moves by
   // at most e = max|q| / 65278 * max_j sum_d |k_jd|; and per block of 64 keys
   // the weights p_j * vscale_j as 16-bit fixed point (each within 1/65534 of
   // the block's largest), so the weighted sum moves by at most max|v| / 65534
   // * sum over blocks of 64 * the block's largest normalized weight w_j. Per
-  // row, against the float path on the same cache: |do| <= ln 2 * e * 2
-  // max|v| + that, and |dlse| <= ln 2 * e (to first order; x1.5 margin, plus
-  // float32 slack).
-  if (!internal::decode_fixed_point_available()) GTEST_SKIP() << "no AVX512-VNNI on this CPU";
-  struct Restore {
-    ~Restore() { internal::set_decode_fixed_point_enabled(true); }
-  } restore;
-  constexpr int64_t kBlock = 64;
-  for (const auto& [heads, kv_heads, head_dim, head_dim_v, seq_q] :
-       {std::tuple{32, 8, 128, 128, 1}, {8, 2, 64, 64, 2}, {4, 4, 256, 256, 1},
-        {16, 2, 96, 96, 1}, {8, 4, 64, 192, 3}}) {
-    SCOPED_TRACE(testing::Message() << heads << "/" << kv_heads << " d " << head_dim << "/"
-                                    << head_dim_v << " seq_q " << seq_q);
-    CacheSpec s;
-    s.heads = heads, s.kv_heads = kv_heads, s.head_dim = head_dim, s.head_dim_v = head_dim_v;
-    s.dtype = DType::kInt8;
-    s.batch = 1;
-    KVCache cache = make_cache(s, 61);
-    const int64_t len = cache.lengths()[0];
-    const auto q = random_floats(seq_q * heads * head_dim, 62, 2.0f);
-    std::vector<float> lse_fixed, lse_float;
-    const auto o_fixed = attend(cache, s, q, seq_q, Backend::kDecode, 0, &lse_fixed);
-    internal::set_decode_fixed_point_enabled(false);
-    const auto o_float = attend(cache, s, q, seq_q, Backend::kDecode, 0, &lse_float);
-    internal::set_decode_fixed_point_enabled(true);
+  // row, against the float path on the same cache and target: |do| <= ln 2 *
+  // e * 2 max|v| + that, and |dlse| <= ln 2 * e (to first order; x1.5
+  // margin, plus float32 slack). Checked on every target that has the path.
+  DefaultDecodeOnExit restore;
+  int targets = 0;
+  for (const int64_t target : internal::flash_targets()) {
+    if (!internal::decode_fixed_point_on(target)) continue;
+    ++targets;
+    internal::flash_force_target(target);
+    SCOPED_TRACE(internal::flash_target_name(target));
+    constexpr int64_t kBlock = 64;
+    // (head_dim_v 48: P.V in integers on AVX2 only, in float on AVX-512)
+    for (const auto& [heads, kv_heads, head_dim, head_dim_v, seq_q] :
+         {std::tuple{32, 8, 128, 128, 1}, {8, 2, 64, 64, 2}, {4, 4, 256, 256, 1},
+          {16, 2, 96, 96, 1}, {8, 4, 64, 192, 3}, {8, 2, 64, 48, 2}}) {
+      SCOPED_TRACE(testing::Message() << heads << "/" << kv_heads << " d " << head_dim << "/"
+                                      << head_dim_v << " seq_q " << seq_q);
+      CacheSpec s;
+      s.heads = heads, s.kv_heads = kv_heads, s.head_dim = head_dim, s.head_dim_v = head_dim_v;
+      s.dtype = DType::kInt8;
+      s.batch = 1;
+      KVCache cache = make_cache(s, 61);
+      const int64_t len = cache.lengths()[0];
+      const auto q = random_floats(seq_q * heads * head_dim, 62, 2.0f);
+      std::vector<float> lse_fixed, lse_float;
+      const auto o_fixed = attend(cache, s, q, seq_q, Backend::kDecode, 0, &lse_fixed);
+      internal::set_decode_fixed_point_enabled(false);
+      const auto o_float = attend(cache, s, q, seq_q, Backend::kDecode, 0, &lse_float);
+      internal::set_decode_fixed_point_enabled(true);
 
-    std::vector<std::vector<float>> k(static_cast<size_t>(len * kv_heads)), v(k.size());
-    for (int64_t j = 0; j < len; ++j) {
-      for (int64_t h = 0; h < kv_heads; ++h) {
-        k[j * kv_heads + h].resize(static_cast<size_t>(head_dim));
-        v[j * kv_heads + h].resize(static_cast<size_t>(head_dim_v));
-        cache.read_key(0, j, h, k[j * kv_heads + h].data());
-        cache.read_value(0, j, h, v[j * kv_heads + h].data());
+      std::vector<std::vector<float>> k(static_cast<size_t>(len * kv_heads)), v(k.size());
+      for (int64_t j = 0; j < len; ++j) {
+        for (int64_t h = 0; h < kv_heads; ++h) {
+          k[j * kv_heads + h].resize(static_cast<size_t>(head_dim));
+          v[j * kv_heads + h].resize(static_cast<size_t>(head_dim_v));
+          cache.read_key(0, j, h, k[j * kv_heads + h].data());
+          cache.read_value(0, j, h, v[j * kv_heads + h].data());
+        }
       }
-    }
-    const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
-    double worst_o = 0, worst_lse = 0;
-    for (int64_t i = 0; i < seq_q; ++i) {
-      for (int64_t h = 0; h < heads; ++h) {
-        const int64_t kvh = h / (heads / kv_heads);
-        const int64_t visible = len - seq_q + i + 1;  // bottom-right causal
-        const float* qr = q.data() + (i * heads + h) * head_dim;
-        double max_q = 0, max_k_l1 = 0, max_v = 0;
-        for (int64_t d = 0; d < head_dim; ++d) max_q = std::max(max_q, std::fabs(qr[d]) * scale / std::log(2.0));
-        std::vector<double> score(static_cast<size_t>(visible));
-        for (int64_t j = 0; j < visible; ++j) {
-          const std::vector<float>& kj = k[j * kv_heads + kvh];
-          double dot = 0, l1 = 0;
-          for (int64_t d = 0; d < head_dim; ++d) dot += double(qr[d]) * kj[d], l1 += std::fabs(kj[d]);
-          score[j] = dot * scale;
-          max_k_l1 = std::max(max_k_l1, l1);
-          for (float x : v[j * kv_heads + kvh]) max_v = std::max(max_v, double(std::fabs(x)));
+      const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+      double worst_o = 0, worst_lse = 0;
+      for (int64_t i = 0; i < seq_q; ++i) {
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t kvh = h / (heads / kv_heads);
+          const int64_t visible = len - seq_q + i + 1;  // bottom-right causal
+          const float* qr = q.data() + (i * heads + h) * head_dim;
+          double max_q = 0, max_k_l1 = 0, max_v = 0;
+          for (int64_t d = 0; d < head_dim; ++d) max_q = std::max(max_q, std::fabs(qr[d]) * scale / std::log(2.0));
+          std::vector<double> score(static_cast<size_t>(visible));
+          for (int64_t j = 0; j < visible; ++j) {
+            const std::vector<float>& kj = k[j * kv_heads + kvh];
+            double dot = 0, l1 = 0;
+            for (int64_t d = 0; d < head_dim; ++d) dot += double(qr[d]) * kj[d], l1 += std::fabs(kj[d]);
+            score[j] = dot * scale;
+            max_k_l1 = std::max(max_k_l1, l1);
+            for (float x : v[j * kv_heads + kvh]) max_v = std::max(max_v, double(std::fabs(x)));
+          }
+          const double m = *std::max_element(score.begin(), score.end());
+          double l = 0;
+          for (double x : score) l += std::exp(x - m);
+          double block_sum = 0;  // sum over blocks of 64 * the block's largest weight
+          for (int64_t b0 = 0; b0 < visible; b0 += kBlock) {
+            double largest = 0;
+            for (int64_t j = b0; j < std::min(b0 + kBlock, visible); ++j) largest = std::max(largest, std::exp(score[j] - m) / l);
+            block_sum += static_cast<double>(std::min(kBlock, visible - b0)) * largest;
+          }
+          const double e = max_q / 65278.0 * max_k_l1;  // log2 units
+          const double o_bound = 1.5 * (std::log(2.0) * e * 2 * max_v + max_v / 65534.0 * block_sum) + 1e-6 * max_v;
+          const double lse_bound = 1.5 * std::log(2.0) * e + 1e-5;
+          for (int64_t c = 0; c < head_dim_v; ++c) {
+            const size_t at = static_cast<size_t>((i * heads + h) * head_dim_v + c);
+            const double diff = std::fabs(o_fixed[at] - o_float[at]);
+            EXPECT_LE(diff, o_bound) << "row " << i << " head " << h << " column " << c;
+            worst_o = std::max(worst_o, diff / o_bound);
+          }
+          const double dlse = std::fabs(lse_fixed[h * seq_q + i] - lse_float[h * seq_q + i]);
+          EXPECT_LE(dlse, lse_bound) << "row " << i << " head " << h;
+          worst_lse = std::max(worst_lse, dlse / lse_bound);
         }
-        const double m = *std::max_element(score.begin(), score.end());
-        double l = 0;
-        for (double x : score) l += std::exp(x - m);
-        double block_sum = 0;  // sum over blocks of 64 * the block's largest weight
-        for (int64_t b0 = 0; b0 < visible; b0 += kBlock) {
-          double largest = 0;
-          for (int64_t j = b0; j < std::min(b0 + kBlock, visible); ++j) largest = std::max(largest, std::exp(score[j] - m) / l);
-          block_sum += static_cast<double>(std::min(kBlock, visible - b0)) * largest;
-        }
-        const double e = max_q / 65278.0 * max_k_l1;  // log2 units
-        const double o_bound = 1.5 * (std::log(2.0) * e * 2 * max_v + max_v / 65534.0 * block_sum) + 1e-6 * max_v;
-        const double lse_bound = 1.5 * std::log(2.0) * e + 1e-5;
-        for (int64_t c = 0; c < head_dim_v; ++c) {
-          const size_t at = static_cast<size_t>((i * heads + h) * head_dim_v + c);
-          const double diff = std::fabs(o_fixed[at] - o_float[at]);
-          EXPECT_LE(diff, o_bound) << "row " << i << " head " << h << " column " << c;
-          worst_o = std::max(worst_o, diff / o_bound);
-        }
-        const double dlse = std::fabs(lse_fixed[h * seq_q + i] - lse_float[h * seq_q + i]);
-        EXPECT_LE(dlse, lse_bound) << "row " << i << " head " << h;
-        worst_lse = std::max(worst_lse, dlse / lse_bound);
       }
+      EXPECT_NE(o_fixed, o_float) << "the fixed-point path did not run";
+      // Measured: at most 1% of the bound (roundings to nearest mostly cancel);
+      // a tenth still catches a biased rounding or a scale slightly off, which
+      // the worst case would let through.
+      EXPECT_LT(worst_o, 0.1);
+      EXPECT_LT(worst_lse, 0.1);
     }
-    EXPECT_NE(o_fixed, o_float) << "the fixed-point path did not run";
-    // Measured: at most 1% of the bound (roundings to nearest mostly cancel);
-    // a tenth still catches a biased rounding or a scale slightly off, which
-    // the worst case would let through.
-    EXPECT_LT(worst_o, 0.1);
-    EXPECT_LT(worst_lse, 0.1);
   }
+  if (targets == 0) GTEST_SKIP() << "no target with the fixed-point path on this CPU";
+}
+
+// Shapes for the int8 integer paths' comparisons: 1 to 16 rows per kv head
+// (one or two AMX row groups), head dims, partial blocks, paged caches (keys
+// loaded in place or copied), splits and options.
+struct Int8Shape {
+  int64_t heads, kv_heads, head_dim, head_dim_v, seq_q, page_size, prefill;
+  int splits;
+  float softcap;
+  int64_t window_left;
+};
+constexpr Int8Shape kInt8Shapes[] = {
+    {32, 8, 128, 128, 1, 0, 600, 0, 0.0f, -1},
+    {8, 2, 64, 64, 2, 16, 333, 3, 0.0f, -1},
+    {16, 1, 256, 256, 1, 0, 700, 1, 0.0f, -1},
+    {12, 4, 128, 64, 3, 48, 517, 2, 30.0f, -1},
+    {4, 4, 192, 128, 1, 16, 600, 0, 0.0f, 100},
+    {32, 8, 128, 128, 1, 0, 17, 0, 0.0f, -1},
+    // pages of 24: 16 keys that straddle two pages are copied first
+    {8, 2, 128, 128, 1, 24, 500, 0, 0.0f, -1}};
+
+// One causal decode call of the kernel over an int8 cache of shape sh.
+std::vector<float> int8_decode(const Int8Shape& sh, std::vector<float>& lse) {
+  CacheSpec s;
+  s.heads = sh.heads, s.kv_heads = sh.kv_heads, s.head_dim = sh.head_dim, s.head_dim_v = sh.head_dim_v;
+  s.dtype = DType::kInt8;
+  s.page_size = sh.page_size;
+  s.shuffle_pages = sh.page_size > 0;
+  s.prefill = sh.prefill;
+  s.capacity = 768;
+  KVCache cache = make_cache(s, 71);
+  const auto q = random_floats(s.batch * sh.seq_q * s.heads * s.head_dim, 72, 2.0f);
+  std::vector<float> o(static_cast<size_t>(s.batch * sh.seq_q * s.heads * s.head_dim_v));
+  lse.assign(static_cast<size_t>(s.batch * s.heads * sh.seq_q), 0.0f);
+  KVCacheAttentionParams p;
+  p.q = bshd(q, s.batch, sh.seq_q, s.heads, s.head_dim);
+  p.o = bshd(o, s.batch, sh.seq_q, s.heads, s.head_dim_v);
+  p.lse = Tensor::contiguous(lse.data(), DType::kFloat32, {s.batch, s.heads, sh.seq_q});
+  p.cache = &cache;
+  p.causal = true;
+  p.softcap = sh.softcap;
+  p.window.left = sh.window_left;
+  p.backend = Backend::kDecode;
+  p.num_splits = sh.splits;
+  attention_with_kvcache(p);
+  return o;
+}
+
+std::string describe(const Int8Shape& sh) {
+  return std::to_string(sh.heads) + "/" + std::to_string(sh.kv_heads) + " d " +
+         std::to_string(sh.head_dim) + "/" + std::to_string(sh.head_dim_v) + " seq_q " +
+         std::to_string(sh.seq_q) + " page " + std::to_string(sh.page_size) + " tokens " +
+         std::to_string(sh.prefill);
 }
 
 TEST(KVCache, Int8OnAmxEqualsVnniBitForBit) {
   // With AMX-INT8 the int8 decode path splits q's and the weights' 16-bit
   // fixed point into bytes for the tile products and recombines the sums:
-  // the same integers as the AVX512-VNNI path, so the same bits out, over
-  // shapes (1 to 16 rows per kv head: one or two row groups), head dims,
-  // partial blocks, paged caches (keys loaded in place or copied), splits
-  // and options.
-  if (!internal::decode_fixed_point_available() || !internal::amx_int8_available()) {
+  // the same integers as the AVX512-VNNI path, so the same bits out.
+  if (!internal::decode_fixed_point_on(0) || !internal::amx_int8_available()) {
     GTEST_SKIP() << "no AMX-INT8 on this CPU";
   }
-  struct Restore {
-    ~Restore() { internal::set_dot_units_enabled(true); }
-  } restore;
-  struct Shape {
-    int64_t heads, kv_heads, head_dim, head_dim_v, seq_q, page_size, prefill;
-    int splits;
-    float softcap;
-    int64_t window_left;
-  };
-  for (const Shape& sh : {Shape{32, 8, 128, 128, 1, 0, 600, 0, 0.0f, -1},
-                          Shape{8, 2, 64, 64, 2, 16, 333, 3, 0.0f, -1},
-                          Shape{16, 1, 256, 256, 1, 0, 700, 1, 0.0f, -1},
-                          Shape{12, 4, 128, 64, 3, 48, 517, 2, 30.0f, -1},
-                          Shape{4, 4, 192, 128, 1, 16, 600, 0, 0.0f, 100},
-                          Shape{32, 8, 128, 128, 1, 0, 17, 0, 0.0f, -1},
-                          // pages of 24: 16 keys that straddle two pages are copied first
-                          Shape{8, 2, 128, 128, 1, 24, 500, 0, 0.0f, -1}}) {
-    SCOPED_TRACE(testing::Message() << sh.heads << "/" << sh.kv_heads << " d " << sh.head_dim << "/"
-                                    << sh.head_dim_v << " seq_q " << sh.seq_q << " page "
-                                    << sh.page_size << " tokens " << sh.prefill);
-    CacheSpec s;
-    s.heads = sh.heads, s.kv_heads = sh.kv_heads, s.head_dim = sh.head_dim, s.head_dim_v = sh.head_dim_v;
-    s.dtype = DType::kInt8;
-    s.page_size = sh.page_size;
-    s.shuffle_pages = sh.page_size > 0;
-    s.prefill = sh.prefill;
-    s.capacity = 768;
-    KVCache cache = make_cache(s, 71);
-    const auto q = random_floats(s.batch * sh.seq_q * s.heads * s.head_dim, 72, 2.0f);
-    const auto run = [&](bool amx, std::vector<float>& lse) {
-      internal::set_dot_units_enabled(amx);
-      std::vector<float> o(static_cast<size_t>(s.batch * sh.seq_q * s.heads * s.head_dim_v));
-      lse.assign(static_cast<size_t>(s.batch * s.heads * sh.seq_q), 0.0f);
-      KVCacheAttentionParams p;
-      p.q = bshd(q, s.batch, sh.seq_q, s.heads, s.head_dim);
-      p.o = bshd(o, s.batch, sh.seq_q, s.heads, s.head_dim_v);
-      p.lse = Tensor::contiguous(lse.data(), DType::kFloat32, {s.batch, s.heads, sh.seq_q});
-      p.cache = &cache;
-      p.causal = true;
-      p.softcap = sh.softcap;
-      p.window.left = sh.window_left;
-      p.backend = Backend::kDecode;
-      p.num_splits = sh.splits;
-      attention_with_kvcache(p);
-      return o;
-    };
+  DefaultDecodeOnExit restore;
+  for (const Int8Shape& sh : kInt8Shapes) {
+    SCOPED_TRACE(describe(sh));
     std::vector<float> lse_amx, lse_vnni;
     const int64_t tasks = internal::decode_amx_tasks();
-    const std::vector<float> o_amx = run(true, lse_amx);
+    internal::set_dot_units_enabled(true);
+    const std::vector<float> o_amx = int8_decode(sh, lse_amx);
     EXPECT_GT(internal::decode_amx_tasks(), tasks) << "the AMX path did not run";
-    const std::vector<float> o_vnni = run(false, lse_vnni);
+    internal::set_dot_units_enabled(false);
+    const std::vector<float> o_vnni = int8_decode(sh, lse_vnni);
     EXPECT_EQ(o_amx, o_vnni);
     EXPECT_EQ(lse_amx, lse_vnni);
+  }
+}
+
+TEST(KVCache, Int8IntegerPathsAgreeAcrossTargets) {
+  // The integer paths of different targets (AVX-512 with VNNI, AVX2) form the
+  // same integer scores and weights; what differs is the order in which each
+  // row's softmax sum adds its lanes (16 or 8), so o and lse agree to a few
+  // float32 roundings of l (the float path's own cross-target differences),
+  // where a misplaced column, key or scale would be off by the data's size.
+  DefaultDecodeOnExit restore;
+  internal::set_dot_units_enabled(false);
+  std::vector<int64_t> targets;
+  for (const int64_t target : internal::flash_targets()) {
+    if (internal::decode_fixed_point_on(target)) targets.push_back(target);
+  }
+  if (targets.size() < 2) GTEST_SKIP() << "fewer than two targets with the fixed-point path";
+  for (const Int8Shape& sh : kInt8Shapes) {
+    SCOPED_TRACE(describe(sh));
+    internal::flash_force_target(targets[0]);
+    std::vector<float> lse_first;
+    const std::vector<float> o_first = int8_decode(sh, lse_first);
+    float max_o = 0.0f;
+    for (float x : o_first) max_o = std::max(max_o, std::fabs(x));
+    for (size_t t = 1; t < targets.size(); ++t) {
+      SCOPED_TRACE(internal::flash_target_name(targets[t]));
+      internal::flash_force_target(targets[t]);
+      std::vector<float> lse;
+      const std::vector<float> o = int8_decode(sh, lse);
+      double worst_o = 0, worst_lse = 0;
+      for (size_t i = 0; i < o.size(); ++i) worst_o = std::max(worst_o, double(std::fabs(o[i] - o_first[i])));
+      for (size_t i = 0; i < lse.size(); ++i) {
+        worst_lse = std::max(worst_lse, std::fabs(lse[i] - lse_first[i]) / (1.0 + std::fabs(lse_first[i])));
+      }
+      EXPECT_LE(worst_o, 4e-6 * max_o);
+      EXPECT_LE(worst_lse, 4e-6);
+    }
   }
 }
 

@@ -4,9 +4,10 @@
 //   k pages [num_pages, page_size, kv_heads, head_dim]    (dtype)
 //   v pages [num_pages, page_size, kv_heads, head_dim_v]  (dtype)
 //   int8 only: k/v scales [num_pages, page_size, kv_heads] float32, one per
-//   (token, kv head): value = scale * int8. On CPUs with AVX512-VNNI (the
-//   scores on AMX-INT8 tiles where present: the same bits) the decode kernel
-//   computes with int8 caches in integer arithmetic, q and the
+//   (token, kv head): value = scale * int8. On x86 CPUs with AVX2 or
+//   AVX512-VNNI (the scores on AMX-INT8 tiles where present: the same
+//   integers) the decode kernel computes with int8 caches in integer
+//   arithmetic, q and the
 //   probabilities as 16-bit fixed point: results within a stated bound of the
 //   float computation, far below the int8 rounding itself (docs/design.md).
 // Token j of sequence b lives in page block_table[b][j / page_size], slot

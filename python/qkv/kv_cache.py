@@ -81,10 +81,10 @@ class KVCache:
     Token j of sequence b lives in page ``block_table[b, j // page_size]``. A
     contiguous cache (``page_size=0``) is one page of ``capacity`` tokens per
     sequence. The pool is allocated (zeroed) here and owned by the cache; the
-    tokens of sequence b are ``[0, lengths[b])``. On CPUs with AVX512-VNNI
-    (the scores on AMX-INT8 where present: the same bits), attention over an
-    int8 cache runs in integer arithmetic with q and the probabilities as
-    16-bit fixed point: within a stated bound of the float
+    tokens of sequence b are ``[0, lengths[b])``. On x86 CPUs with AVX2 or
+    AVX512-VNNI (the scores on AMX-INT8 where present: the same integers),
+    attention over an int8 cache runs in integer arithmetic with q and the
+    probabilities as 16-bit fixed point: within a stated bound of the float
     computation, far below the int8 rounding itself (docs/design.md).
 
     Args:

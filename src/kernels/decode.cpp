@@ -19,7 +19,7 @@
 // next block's K requested during the scores only).
 //
 // int8 caches compute in integer arithmetic where the CPU allows: P.V with
-// AVX512-VNNI (decode_vnni-inl.h), the scores on AMX-INT8 tiles where
+// AVX512-VNNI (decode_fixed-inl.h), the scores on AMX-INT8 tiles where
 // present (decode_amx-inl.h: 16 keys per tile), else with VNNI too; the
 // float path otherwise. Both score paths give the same bits.
 
@@ -58,7 +58,7 @@ void CountAmxTask();  // for decode_amx_tasks (defined once, below)
 #include "kernels/convert-inl.h"
 #include "kernels/decode_amx-inl.h"
 #include "kernels/decode_parts-inl.h"
-#include "kernels/decode_vnni-inl.h"
+#include "kernels/decode_fixed-inl.h"
 #include "kernels/microkernel-inl.h"
 #include "kernels/online_softmax-inl.h"
 
@@ -147,8 +147,8 @@ HWY_INLINE void ValueBlock(D d, const float* HWY_RESTRICT p, HeadRows v_rows,
 // its token's K and V rows start.
 struct DecodeScratch {
   hwy::AlignedFreeUniquePtr<float[]> q, s, alpha, k_scale, v_scale, v_buf, q16_scale;
-  hwy::AlignedFreeUniquePtr<int16_t[]> q16;  // ScoreKeysVnni's q rows
-  hwy::AlignedFreeUniquePtr<int16_t[]> p16;  // ValueBlockVnni's weights, [rows][kBlock]
+  hwy::AlignedFreeUniquePtr<int16_t[]> q16;  // ScoreKeysFixed's q rows
+  hwy::AlignedFreeUniquePtr<int16_t[]> p16;  // ValueBlockFixed's weights, [rows][kBlock]
   hwy::AlignedFreeUniquePtr<float[]> p16_scale, p16_max;  // per row: its fixed point's scale, max weight
   hwy::AlignedFreeUniquePtr<const char*[]> k_tokens, v_tokens, widened;
   hwy::AlignedFreeUniquePtr<AttentionProblem::TokenRows[]> k_token, v_token, k_next, v_next;
@@ -271,16 +271,16 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
   const ScoreUnits units(p);
   const size_t q_elem = dtype_size(p.dtype);
   const int64_t elem_kv = static_cast<int64_t>(dtype_size(p.kv_dtype));
-#if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
-  const bool vnni = kDtype == DType::kInt8 && p.head_dim % 32 == 0 && p.head_dim <= 256 &&
-                    decode_fixed_point_available();
-  const bool vnni_values = vnni && p.head_dim_v % 64 == 0;
+#if QKV_DECODE_FIXED_TARGET
+  const bool fixed = kDtype == DType::kInt8 && p.head_dim % kFixedDims == 0 && p.head_dim <= 256 &&
+                     decode_fixed_point_enabled() && decode_fixed_point_on(HWY_TARGET);
+  const bool fixed_values = fixed && p.head_dim_v % kFixedColumns == 0;
 #else
-  [[maybe_unused]] constexpr bool vnni = false;
-  constexpr bool vnni_values = false;
+  [[maybe_unused]] constexpr bool fixed = false;
+  constexpr bool fixed_values = false;
 #endif
 #if defined(QKV_HAVE_AMX_INT8) && HWY_TARGET == HWY_AVX3
-  const bool amx = vnni_values && p.head_dim % kAmxDims == 0 && g.rows <= 2 * kAmxRows &&
+  const bool amx = fixed_values && p.head_dim % kAmxDims == 0 && g.rows <= 2 * kAmxRows &&
                    amx_int8_enabled();
   const AmxGroups amx_groups(g.rows, p.head_dim);
   std::optional<amx::ScopedTiles> tiles;
@@ -310,8 +310,8 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
       LoadRowScaled(p.dtype,
                     static_cast<const char*>(p.q) + p.q_stride.offset(b, row.query, row.head) * q_elem,
                     p.head_dim, units.q_scale, w.q.get() + at * p.head_dim);
-#if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
-      if (vnni || amx) {
+#if QKV_DECODE_FIXED_TARGET
+      if (fixed || amx) {
         QuantizeRow16(w.q.get() + at * p.head_dim, p.head_dim, kQuery16Limit,
                       w.q16.get() + at * p.head_dim, w.q16_scale[at]);
       }
@@ -377,9 +377,9 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
           const int64_t row = kvh * g.rows + r0;
           const HeadRows k_rows{w.k_tokens.get() + j, kvh * k_head_bytes};
           WithRows<kScoreRows>(nr, [&](auto kRows) {
-#if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
-            if (vnni) {
-              ScoreKeysVnni<kRows()>(w.q16.get() + row * p.head_dim, p.head_dim,
+#if QKV_DECODE_FIXED_TARGET
+            if (fixed) {
+              ScoreKeysFixed<kRows()>(w.q16.get() + row * p.head_dim, p.head_dim,
                                      w.q16_scale.get() + row, p.head_dim, k_rows,
                                      w.s.get() + row * kBlock + j, kBlock);
               return;
@@ -416,22 +416,22 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
           auto max_p = hn::Zero(d);
           w.alpha[r] = OnlineSoftmaxRowKeeping(d, units, sr, n_pad, m[r], l[r], [&](auto e, int64_t j) {
             const auto weight = hn::Mul(e, hn::Load(d, v_scale + j));
-            if (vnni_values) max_p = hn::Max(max_p, weight);
+            if (fixed_values) max_p = hn::Max(max_p, weight);
             hn::Store(weight, d, sr + j);
           });
-          if (vnni_values) w.p16_max[r] = hn::GetLane(hn::MaxOfLanes(d, max_p));
+          if (fixed_values) w.p16_max[r] = hn::GetLane(hn::MaxOfLanes(d, max_p));
         } else {
           w.alpha[r] = OnlineSoftmaxRow(d, units, sr, n_pad, m[r], l[r]);
         }
       }
       const HeadRows v_rows{w.v_tokens.get(), kvh * v_head_bytes};
-#if defined(QKV_DECODE_VNNI) && HWY_TARGET == HWY_AVX3
-      if (vnni_values) {
+#if QKV_DECODE_FIXED_TARGET
+      if (fixed_values) {
         for (int64_t r = 0; r < g.rows; ++r) {
           QuantizeRow16(s + r * kBlock, n_pad, kWeight16Limit, w.p16_max[r], w.p16.get() + r * kBlock,
                         w.p16_scale[r]);
         }
-        AccumulateValuesVnni(g, n, w.p16.get(), w.p16_scale.get(), v_rows, w.alpha.get(), acc, next,
+        AccumulateValuesFixed(g, n, w.p16.get(), w.p16_scale.get(), v_rows, w.alpha.get(), acc, next,
                              per_value_key);
         continue;
       }
@@ -561,14 +561,23 @@ std::atomic<int64_t> amx_tasks{0};
 
 void CountAmxTask() { amx_tasks.fetch_add(1, std::memory_order_relaxed); }
 
-bool decode_fixed_point_available() {
-#if defined(QKV_DECODE_VNNI)
-  static const bool cpu = __builtin_cpu_supports("avx512vnni");
-  return cpu && fixed_point_enabled.load(std::memory_order_relaxed);
-#else
-  return false;
+bool decode_fixed_point_on(int64_t target) {
+#if defined(QKV_DECODE_FIXED)
+  if (target == 0) {
+    const int64_t targets = hwy::SupportedTargets() & HWY_TARGETS;
+    target = targets & -targets;  // the best: the lowest bit
+  }
+  if (target == HWY_AVX2) return true;
+  if (target == HWY_AVX3) {
+    static const bool vnni = __builtin_cpu_supports("avx512vnni");
+    return vnni;
+  }
 #endif
+  (void)target;
+  return false;
 }
+
+bool decode_fixed_point_enabled() { return fixed_point_enabled.load(std::memory_order_relaxed); }
 
 void set_decode_fixed_point_enabled(bool enabled) {
   fixed_point_enabled.store(enabled, std::memory_order_relaxed);

@@ -25,11 +25,15 @@ void decode_forward(const AttentionProblem& problem, int num_splits) noexcept;
 // weights as 16-bit fixed point (their errors about 2^-16 of the row's or
 // block's largest, ~250x below the int8 rounding of the keys), the products
 // exact in int32: on AMX-INT8 tiles where the CPU has them (unless
-// set_dot_units_enabled(false)), else AVX512-VNNI; both give the same bits. Used
-// where the CPU has AVX512-VNNI and the shapes fit (VNNI: head_dim % 32 == 0
-// and <= 256; AMX: head_dim and head_dim_v % 64 == 0, head_dim <= 256, at most
-// 16 rows per kv head), unless switched off (tests compare with the float path).
-bool decode_fixed_point_available();
+// set_dot_units_enabled(false)), else AVX512-VNNI, else AVX2's vpmaddwd; all
+// form the same integers. decode_fixed_point_on(target): whether the path
+// exists for that Highway target on this CPU (AVX3 with AVX512-VNNI, or AVX2;
+// 0 = the target dispatch picks now). It runs where it exists, the shapes fit
+// (head_dim a multiple of 32 on AVX3, 16 on AVX2, at most 256; P.V: head_dim_v
+// a multiple of 64, 16; AMX: head_dim and head_dim_v % 64 == 0, at most 16
+// rows per kv head) and it is enabled (tests compare with the float path).
+bool decode_fixed_point_on(int64_t target);
+bool decode_fixed_point_enabled();
 void set_decode_fixed_point_enabled(bool enabled);
 
 // Decode tasks that have run on AMX-INT8 tiles in this process (tests check

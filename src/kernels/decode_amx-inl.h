@@ -1,6 +1,6 @@
 // The decode kernel's scores for int8 caches on AMX-INT8 (decode.cpp
 // chooses them at run time; P.V stays on AVX512-VNNI): the same integers as
-// the VNNI path (decode_vnni-inl.h), q as 16-bit fixed point split into two
+// the VNNI path (decode_fixed-inl.h), q as 16-bit fixed point split into two
 // bytes so that the tile unit's byte products give it exactly:
 //   q16 = 256 * hi + lo,  hi, lo in [-128, 127]  (q16 in [-32768, 32639])
 // One tile product takes both halves at once: the hi rows and the lo rows of

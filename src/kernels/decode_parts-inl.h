@@ -1,7 +1,7 @@
 // Building blocks of the decode kernel (decode.cpp): block constants, a
 // block's rows of one kv head, the next block's prefetch, the sums of four
 // vectors, the row dispatch and the task layout. Per-target code, included
-// by decode.cpp and decode_vnni-inl.h.
+// by decode.cpp and decode_fixed-inl.h.
 
 #if defined(QKV_KERNELS_DECODE_PARTS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef QKV_KERNELS_DECODE_PARTS_INL_H_
@@ -37,15 +37,15 @@ inline constexpr int kValueRows = 4;   // rows per pass over a V block
 // as long as its arithmetic.
 inline constexpr int64_t kKeysPerRequest = 8;
 static_assert(kBlock % kKeysPerRequest == 0, "a block's keys split into whole batches");
-// The same for the int8 P.V on VNNI (ValueBlockVnni): 16 keys per batch (2
+// The same for the int8 P.V on VNNI (ValueBlockFixed): 16 keys per batch (2
 // threads, 32/8 heads, medians of alternating rounds: 4K tokens 0.241-0.247 ->
 // 0.230-0.239 ms, 32K 1.72-1.74 -> 1.69-1.71 in three series of four (the
 // fourth in one of the machine's slow phases), 128K and 1M the same; 32 keys
 // no better; 16 for the float paths made float16 2.5% slower at 32K, so they
 // keep 8).
-inline constexpr int64_t kKeysPerRequestVnni = 16;
-static_assert(kKeysPerRequestVnni % 2 == 0, "ValueBlockVnni takes keys in pairs within a batch");
-static_assert(kBlock % kKeysPerRequestVnni == 0, "a block's keys split into whole batches");
+inline constexpr int64_t kKeysPerRequestFixed = 16;
+static_assert(kKeysPerRequestFixed % 2 == 0, "ValueBlockFixed takes keys in pairs within a batch");
+static_assert(kBlock % kKeysPerRequestFixed == 0, "a block's keys split into whole batches");
 // Rows per pass over a group of K rows: kScoreRows x kKeyGroup accumulators
 // plus kKeyGroup key vectors must fit the register file.
 inline constexpr int kScoreRows = kMaxPanelRows == 12 ? 4 : 2;

@@ -1,0 +1,296 @@
+// The decode kernel's products for int8 caches in integer arithmetic
+// (decode.cpp chooses them at run time): q and each block's weights as
+// 16-bit fixed point, pairs of int16 products summed into exact int32 sums.
+// Two passes of foreach_target hold them: AVX3 with vpdpwssd (AVX512-VNNI
+// added to that pass's target attributes for these functions alone; every
+// CPU with AVX512-VNNI has the rest of AVX3), and AVX2 with vpmaddwd + vpaddd
+// (no VNNI needed). Both form the same integers, so the same scores and
+// weights. Per-target code.
+
+#if defined(QKV_KERNELS_DECODE_FIXED_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef QKV_KERNELS_DECODE_FIXED_INL_H_
+#undef QKV_KERNELS_DECODE_FIXED_INL_H_
+#else
+#define QKV_KERNELS_DECODE_FIXED_INL_H_
+#endif
+
+#include <cstdint>
+#include <cstring>
+
+#include "hwy/highway.h"
+#include "kernels/decode_parts-inl.h"
+
+#if HWY_ARCH_X86 && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define QKV_DECODE_FIXED 1  // the compiler can target AVX512-VNNI for one function
+#endif
+// Whether this pass of foreach_target has the fixed-point products.
+#if defined(QKV_DECODE_FIXED)
+#define QKV_DECODE_FIXED_TARGET (HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX2)
+#else
+#define QKV_DECODE_FIXED_TARGET 0
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace qkv::internal {
+namespace HWY_NAMESPACE {
+namespace decode_parts {
+namespace hn = hwy::HWY_NAMESPACE;
+
+#if QKV_DECODE_FIXED_TARGET
+// The shapes the products take: head_dim a multiple of kFixedDims (and at
+// most 256), head_dim_v of kFixedColumns for P.V.
+inline constexpr int64_t kFixedDims = HWY_TARGET == HWY_AVX3 ? 32 : 16;
+inline constexpr int64_t kFixedColumns = HWY_TARGET == HWY_AVX3 ? 64 : 16;
+
+// Largest magnitudes of the 16-bit fixed point: q's (its AMX-INT8 split
+// into two signed bytes needs q16 <= 32639; the VNNI path uses the same, so
+// both give the same integers), a block's weights' (>= 0).
+inline constexpr float kQuery16Limit = 32639.0f;
+inline constexpr float kWeight16Limit = 32767.0f;
+
+// out = round(x / scale) as int16 with scale = max|x| / limit over x[0, n)
+// (0 for a zero row; the largest becomes +-limit), n a multiple of the
+// vector length: the 16-bit fixed point of the integer paths (q rows; a
+// block's weights, x >= 0). The same integers on every target.
+// max_abs: max|x| over x[0, n), known to the caller.
+HWY_INLINE void QuantizeRow16(const float* HWY_RESTRICT x, int64_t n, float limit, float max_abs,
+                              int16_t* HWY_RESTRICT out, float& scale) {
+  const hn::ScalableTag<float> d;
+  const hn::Rebind<int16_t, decltype(d)> d16;
+  scale = max_abs / limit;
+  const auto inv = hn::Set(d, max_abs > 0 ? limit / max_abs : 0.0f);
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t i = 0; i < n; i += N) {  // round to nearest even; |.| <= limit
+    hn::StoreU(hn::DemoteTo(d16, hn::NearestInt(hn::Mul(hn::LoadU(d, x + i), inv))), d16, out + i);
+  }
+}
+HWY_INLINE void QuantizeRow16(const float* HWY_RESTRICT x, int64_t n, float limit,
+                              int16_t* HWY_RESTRICT out, float& scale) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  auto max_v = hn::Zero(d);
+  for (int64_t i = 0; i < n; i += N) max_v = hn::Max(max_v, hn::Abs(hn::LoadU(d, x + i)));
+  QuantizeRow16(x, n, limit, hn::GetLane(hn::MaxOfLanes(d, max_v)), out, scale);
+}
+#endif  // QKV_DECODE_FIXED_TARGET
+
+#if defined(QKV_DECODE_FIXED) && HWY_TARGET == HWY_AVX3
+// ScoreKeys for an int8 cache on AVX512-VNNI, in exact integer arithmetic:
+// q as 16-bit fixed point, q16 = round(q / q_scale), |q16| <= 32639, the
+// keys widened to int16, pairs of products summed into int32 by vpdpwssd
+// (one instruction per 32 multiply-adds, no conversion to float).
+//   s[r * s_stride + t] = q_scale[r] * (q16[r] . k_t)   (times the key's own
+//   scale later, with the other int8 scales)
+//   q16: [kRows][q_stride]; head_dim % 32 == 0 and <= 256 (the sums stay
+//   below 2^31: 256 * 32767 * 128 < 2^31)
+// (GCC 12 sees the undefined vector some intrinsics start from as an
+// uninitialized read.)
+HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",avx512vnni")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <int kRows>
+HWY_NOINLINE void ScoreKeysFixed(const int16_t* HWY_RESTRICT q16, int64_t q_stride,
+                                const float* HWY_RESTRICT q_scale, int64_t head_dim,
+                                HeadRows k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
+  __m512i acc[kRows][kKeyGroup];
+  for (int r = 0; r < kRows; ++r) {
+    for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = _mm512_setzero_si512();
+  }
+  for (int64_t c = 0; c < head_dim; c += 32) {
+    __m512i k[kKeyGroup];
+    for (int t = 0; t < kKeyGroup; ++t) {
+      k[t] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(static_cast<const int8_t*>(k_rows[t]) + c)));
+    }
+    for (int r = 0; r < kRows; ++r) {
+      const __m512i q = _mm512_loadu_si512(q16 + r * q_stride + c);
+      for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], q, k[t]);
+    }
+  }
+  const hn::Full512<int32_t> d32;
+  for (int r = 0; r < kRows; ++r) {
+    HWY_ALIGN int32_t sums[4];
+    StoreSumsOf4(d32, hn::Vec512<int32_t>{acc[r][0]}, hn::Vec512<int32_t>{acc[r][1]},
+                 hn::Vec512<int32_t>{acc[r][2]}, hn::Vec512<int32_t>{acc[r][3]}, sums);
+    for (int t = 0; t < kKeyGroup; ++t) s[r * s_stride + t] = static_cast<float>(sums[t]) * q_scale[r];
+  }
+}
+#pragma GCC diagnostic pop
+HWY_POP_ATTRIBUTES
+
+// AccumulateValues for an int8 cache on AVX512-VNNI, in integer arithmetic
+// per block: each row's weights (the value scales folded in) as 16-bit fixed
+// point p16 = round(p / p_scale), p_scale = max p / 32767 (one per row and
+// block), V rows of a key pair interleaved as int16 pairs, vpdpwssd summing
+// p16_j v_j + p16_j+1 v_j+1 into int32 per column (exact: at most 64 * 32767
+// * 128 per block); then acc = alpha * acc + p_scale * sum, in float.
+//   p16: [rows][kBlock], zero past n (QuantizeRow16 of the weights, which
+//   are 0 past the block's keys; for an odd n the key after the last is the
+//   last's row again, v_rows has it); head_dim_v % 64 == 0
+HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",avx512vnni")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <int kRows>
+HWY_INLINE void ValueBlockFixed(const int16_t* HWY_RESTRICT p16, const float* HWY_RESTRICT p_scale,
+                               HeadRows v_rows, int64_t n, int64_t c,
+                               const float* HWY_RESTRICT alpha, float* HWY_RESTRICT acc,
+                               int64_t acc_stride, NextBlockPrefetch& prefetch,
+                               int64_t prefetch_per_key) {
+  // acc_int[r][i], i = 0..3: columns c + {0-7, 16-23}, {32-39, 48-55},
+  // {8-15, 24-31}, {40-47, 56-63} (the unpack order), int32.
+  __m512i sum[kRows][4];
+  for (int r = 0; r < kRows; ++r) {
+    for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_setzero_si512();
+  }
+  for (int64_t j0 = 0; j0 < n; j0 += kKeysPerRequestFixed) {
+    prefetch.Issue(kKeysPerRequestFixed * prefetch_per_key);
+    for (int64_t j = j0; j < std::min(n, j0 + kKeysPerRequestFixed); j += 2) {
+      const __m512i a = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j]) + c);
+      const __m512i b = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j + 1]) + c);
+      const __m512i lo = _mm512_unpacklo_epi8(a, b), hi = _mm512_unpackhi_epi8(a, b);
+      const __m512i v[4] = {_mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo)),
+                            _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(lo, 1)),
+                            _mm512_cvtepi8_epi16(_mm512_castsi512_si256(hi)),
+                            _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(hi, 1))};
+      for (int r = 0; r < kRows; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, p16 + r * kBlock + j, sizeof(pair));
+        const __m512i pr = _mm512_set1_epi32(pair);
+        for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_dpwssd_epi32(sum[r][i], pr, v[i]);
+      }
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    const __m512 a = _mm512_set1_ps(alpha[r]), ps = _mm512_set1_ps(p_scale[r]);
+    float* o = acc + r * acc_stride + c;
+    // Natural column order: 16 columns from the 128-bit lanes of two sums.
+    const __m512i natural[4] = {_mm512_shuffle_i32x4(sum[r][0], sum[r][2], 0x44),
+                                _mm512_shuffle_i32x4(sum[r][0], sum[r][2], 0xEE),
+                                _mm512_shuffle_i32x4(sum[r][1], sum[r][3], 0x44),
+                                _mm512_shuffle_i32x4(sum[r][1], sum[r][3], 0xEE)};
+    for (int i = 0; i < 4; ++i) {
+      const __m512 old = _mm512_mul_ps(a, _mm512_loadu_ps(o + 16 * i));
+      _mm512_storeu_ps(o + 16 * i, _mm512_fmadd_ps(ps, _mm512_cvtepi32_ps(natural[i]), old));
+    }
+  }
+}
+
+#pragma GCC diagnostic pop
+HWY_POP_ATTRIBUTES
+#endif  // QKV_DECODE_FIXED && HWY_TARGET == HWY_AVX3
+
+#if defined(QKV_DECODE_FIXED) && HWY_TARGET == HWY_AVX2
+// ScoreKeysFixed on AVX2 (no VNNI): the same q16 and widened keys, vpmaddwd
+// (pairs of int16 products summed into int32) then vpaddd, 16 elements per
+// step. The same integer sums as the AVX512 paths, so the same scores.
+//   head_dim % 16 == 0 and <= 256
+template <int kRows>
+HWY_NOINLINE void ScoreKeysFixed(const int16_t* HWY_RESTRICT q16, int64_t q_stride,
+                                const float* HWY_RESTRICT q_scale, int64_t head_dim,
+                                HeadRows k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
+  __m256i acc[kRows][kKeyGroup];
+  for (int r = 0; r < kRows; ++r) {
+    for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = _mm256_setzero_si256();
+  }
+  for (int64_t c = 0; c < head_dim; c += 16) {
+    __m256i k[kKeyGroup];
+    for (int t = 0; t < kKeyGroup; ++t) {
+      k[t] = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+          reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(k_rows[t]) + c)));
+    }
+    for (int r = 0; r < kRows; ++r) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q16 + r * q_stride + c));
+      for (int t = 0; t < kKeyGroup; ++t) {
+        acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(q, k[t]));
+      }
+    }
+  }
+  const hn::Full256<int32_t> d32;
+  for (int r = 0; r < kRows; ++r) {
+    HWY_ALIGN int32_t sums[4];
+    StoreSumsOf4(d32, hn::Vec256<int32_t>{acc[r][0]}, hn::Vec256<int32_t>{acc[r][1]},
+                 hn::Vec256<int32_t>{acc[r][2]}, hn::Vec256<int32_t>{acc[r][3]}, sums);
+    for (int t = 0; t < kKeyGroup; ++t) s[r * s_stride + t] = static_cast<float>(sums[t]) * q_scale[r];
+  }
+}
+
+// ValueBlockFixed on AVX2, 16 columns per pass: the bytes of a key
+// pair interleaved (columns c..c+7, then c+8..c+15), widened to int16 pairs,
+// vpmaddwd with the pair's weights, vpaddd into int32 per column.
+//   head_dim_v % 16 == 0
+template <int kRows>
+HWY_INLINE void ValueBlockFixed(const int16_t* HWY_RESTRICT p16, const float* HWY_RESTRICT p_scale,
+                               HeadRows v_rows, int64_t n, int64_t c,
+                               const float* HWY_RESTRICT alpha, float* HWY_RESTRICT acc,
+                               int64_t acc_stride, NextBlockPrefetch& prefetch,
+                               int64_t prefetch_per_key) {
+  __m256i sum[kRows][2];  // columns c + 0-7, c + 8-15
+  for (int r = 0; r < kRows; ++r) sum[r][0] = sum[r][1] = _mm256_setzero_si256();
+  for (int64_t j0 = 0; j0 < n; j0 += kKeysPerRequestFixed) {
+    prefetch.Issue(kKeysPerRequestFixed * prefetch_per_key);
+    for (int64_t j = j0; j < std::min(n, j0 + kKeysPerRequestFixed); j += 2) {
+      const __m128i a = _mm_loadu_si128(
+          reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(v_rows[j]) + c));
+      const __m128i b = _mm_loadu_si128(
+          reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(v_rows[j + 1]) + c));
+      const __m256i v0 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b));
+      const __m256i v1 = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a, b));
+      for (int r = 0; r < kRows; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, p16 + r * kBlock + j, sizeof(pair));
+        const __m256i pr = _mm256_set1_epi32(pair);
+        sum[r][0] = _mm256_add_epi32(sum[r][0], _mm256_madd_epi16(pr, v0));
+        sum[r][1] = _mm256_add_epi32(sum[r][1], _mm256_madd_epi16(pr, v1));
+      }
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    const __m256 a = _mm256_set1_ps(alpha[r]), ps = _mm256_set1_ps(p_scale[r]);
+    float* o = acc + r * acc_stride + c;
+    for (int i = 0; i < 2; ++i) {
+      const __m256 old = _mm256_mul_ps(a, _mm256_loadu_ps(o + 8 * i));
+      _mm256_storeu_ps(o + 8 * i, _mm256_fmadd_ps(ps, _mm256_cvtepi32_ps(sum[r][i]), old));
+    }
+  }
+}
+
+#endif  // QKV_DECODE_FIXED && HWY_TARGET == HWY_AVX2
+
+#if QKV_DECODE_FIXED_TARGET
+// acc = alpha * acc + P.V over the block's n keys for every row, rows in
+// groups of kValueRows, columns in passes of kFixedColumns.
+#if HWY_TARGET == HWY_AVX3
+HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",avx512vnni")
+#endif
+inline HWY_NOINLINE void AccumulateValuesFixed(const Layout& g, int64_t n,
+                                               const int16_t* HWY_RESTRICT p16,
+                                               const float* HWY_RESTRICT p_scale, HeadRows v_rows,
+                                               const float* HWY_RESTRICT alpha_rows,
+                                               float* HWY_RESTRICT acc,
+                                               NextBlockPrefetch& prefetch,
+                                               int64_t prefetch_per_key) {
+  for (int64_t r0 = 0; r0 < g.rows; r0 += kValueRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kValueRows, g.rows - r0));
+    WithRows<kValueRows>(rows, [&](auto kRows) {
+      for (int64_t c = 0; c < g.dv_pad; c += kFixedColumns) {
+        ValueBlockFixed<kRows()>(p16 + r0 * kBlock, p_scale + r0, v_rows, n, c, alpha_rows + r0,
+                                 acc + r0 * g.dv_pad, g.dv_pad, prefetch, prefetch_per_key);
+      }
+    });
+  }
+}
+#if HWY_TARGET == HWY_AVX3
+HWY_POP_ATTRIBUTES
+#endif
+#endif  // QKV_DECODE_FIXED_TARGET
+
+
+}  // namespace decode_parts
+}  // namespace HWY_NAMESPACE
+}  // namespace qkv::internal
+HWY_AFTER_NAMESPACE();
+
+#endif  // QKV_KERNELS_DECODE_FIXED_INL_H_
