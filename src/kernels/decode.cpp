@@ -81,32 +81,66 @@ int64_t CeilDiv(int64_t x, int64_t m) { return (x + m - 1) / m; }
 //   q: [kRows][head_dim] floats (pre-scaled); k_t: k_rows[t] in the cache's type.
 // Each K vector is loaded and converted once for all kRows rows. A key's score
 // is the same bits wherever it sits in a group (StoreSumsOf4).
-template <DType kDtype, int kRows, class D>
-HWY_NOINLINE void ScoreKeys(D d, const float* HWY_RESTRICT q, int64_t head_dim,
-                          HeadRows k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
+// With 32 vector registers, one pass of kRows x 4 accumulators; with 16
+// (kRows x 4 would spill past 2 rows), two passes of kRows x 2 (keys t0, t0 + 1),
+// whose sums pair two rows' two keys in one StoreSumsOf4: the same number of
+// reductions per score as 2 rows x 4 keys, and each K vector converted once
+// for all rows instead of once per 2 rows.
+template <DType kDtype, int kRows, int kKeys, class D>
+HWY_INLINE void ScoreKeysPass(D d, const float* HWY_RESTRICT q, int64_t head_dim,
+                              HeadRows k_rows, int t0, float* HWY_RESTRICT s, int64_t s_stride) {
   using V = hn::Vec<D>;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  V acc[kRows][kKeyGroup];
+  V acc[kRows][kKeys];
   for (int r = 0; r < kRows; ++r) {
-    for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = hn::Zero(d);
+    for (int t = 0; t < kKeys; ++t) acc[r][t] = hn::Zero(d);
   }
   int64_t c = 0;
   for (; c + N <= head_dim; c += N) {
-    V k[kKeyGroup];
-    for (int t = 0; t < kKeyGroup; ++t) k[t] = LoadAsFloat<kDtype>(d, k_rows[t], c);
+    V k[kKeys];
+    for (int t = 0; t < kKeys; ++t) k[t] = LoadAsFloat<kDtype>(d, k_rows[t0 + t], c);
     for (int r = 0; r < kRows; ++r) {
       const V qr = hn::LoadU(d, q + r * head_dim + c);
-      for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = hn::MulAdd(qr, k[t], acc[r][t]);
+      for (int t = 0; t < kKeys; ++t) acc[r][t] = hn::MulAdd(qr, k[t], acc[r][t]);
     }
   }
-  for (int r = 0; r < kRows; ++r) {
-    StoreSumsOf4(d, acc[r][0], acc[r][1], acc[r][2], acc[r][3], s + r * s_stride);
+  if constexpr (kKeys == 4) {
+    for (int r = 0; r < kRows; ++r) {
+      StoreSumsOf4(d, acc[r][0], acc[r][1], acc[r][2], acc[r][3], s + r * s_stride + t0);
+    }
+  } else {
+    static_assert(kKeys == 2, "sums of 4: one row's 4 keys or two rows' 2");
+    for (int r = 0; r < kRows; r += 2) {
+      HWY_ALIGN float sums[4];
+      const V zero = hn::Zero(d);
+      StoreSumsOf4(d, acc[r][0], acc[r][1], r + 1 < kRows ? acc[r + 1][0] : zero,
+                   r + 1 < kRows ? acc[r + 1][1] : zero, sums);
+      s[r * s_stride + t0] = sums[0];
+      s[r * s_stride + t0 + 1] = sums[1];
+      if (r + 1 < kRows) {
+        s[(r + 1) * s_stride + t0] = sums[2];
+        s[(r + 1) * s_stride + t0 + 1] = sums[3];
+      }
+    }
   }
   // Tail of a head_dim that is not a multiple of N: one element at a time.
   for (int64_t e = c; e < head_dim; ++e) {
     for (int r = 0; r < kRows; ++r) {
-      for (int t = 0; t < kKeyGroup; ++t) s[r * s_stride + t] += q[r * head_dim + e] * ElementAsFloat<kDtype>(k_rows[t], e);
+      for (int t = t0; t < t0 + kKeys; ++t) {
+        s[r * s_stride + t] += q[r * head_dim + e] * ElementAsFloat<kDtype>(k_rows[t], e);
+      }
     }
+  }
+}
+
+template <DType kDtype, int kRows, class D>
+HWY_NOINLINE void ScoreKeys(D d, const float* HWY_RESTRICT q, int64_t head_dim,
+                            HeadRows k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
+  if constexpr (kMaxPanelRows == 12 || kRows == 1) {
+    ScoreKeysPass<kDtype, kRows, kKeyGroup>(d, q, head_dim, k_rows, 0, s, s_stride);
+  } else {
+    ScoreKeysPass<kDtype, kRows, 2>(d, q, head_dim, k_rows, 0, s, s_stride);
+    ScoreKeysPass<kDtype, kRows, 2>(d, q, head_dim, k_rows, 2, s, s_stride);
   }
 }
 

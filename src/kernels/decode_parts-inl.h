@@ -37,18 +37,18 @@ inline constexpr int kValueRows = 4;   // rows per pass over a V block
 // as long as its arithmetic.
 inline constexpr int64_t kKeysPerRequest = 8;
 static_assert(kBlock % kKeysPerRequest == 0, "a block's keys split into whole batches");
-// The same for the int8 P.V on VNNI (ValueBlockFixed): 16 keys per batch (2
+// The same for the int8 fixed-point P.V (ValueBlockFixed): 16 keys per batch (2
 // threads, 32/8 heads, medians of alternating rounds: 4K tokens 0.241-0.247 ->
 // 0.230-0.239 ms, 32K 1.72-1.74 -> 1.69-1.71 in three series of four (the
 // fourth in one of the machine's slow phases), 128K and 1M the same; 32 keys
 // no better; 16 for the float paths made float16 2.5% slower at 32K, so they
-// keep 8).
+// keep 8). On AVX2, 8 or 16 the same (32K and 128K tokens, 2 threads).
 inline constexpr int64_t kKeysPerRequestFixed = 16;
 static_assert(kKeysPerRequestFixed % 2 == 0, "ValueBlockFixed takes keys in pairs within a batch");
 static_assert(kBlock % kKeysPerRequestFixed == 0, "a block's keys split into whole batches");
-// Rows per pass over a group of K rows: kScoreRows x kKeyGroup accumulators
-// plus kKeyGroup key vectors must fit the register file.
-inline constexpr int kScoreRows = kMaxPanelRows == 12 ? 4 : 2;
+// Rows per call over a group of K rows (ScoreKeys: kScoreRows x kKeyGroup
+// accumulators with 32 vector registers, kScoreRows x 2 twice with 16).
+inline constexpr int kScoreRows = 4;
 
 // Rows of one kv head for keys j of a block: row j starts at base[j] + offset
 // (base[j]: token j's rows of all kv heads, offset: this head's).
