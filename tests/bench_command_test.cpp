@@ -193,6 +193,12 @@ TEST(CliBench, DecodeOneContextPerCacheTypeAgreesWithTheBaseline) {
     // products in another order.
     EXPECT_LE(number(row, "max_abs_diff_vs_baseline"), 1e-5) << caches[i];
   }
+  // What int8's products ran on, in the header and the JSON.
+  const Json* machine = report.find("machine");
+  ASSERT_TRUE(machine != nullptr && machine->find("int8_engine") != nullptr);
+  const std::string engine = machine->find("int8_engine")->as_string();
+  EXPECT_FALSE(engine.empty());
+  EXPECT_NE(bench.run().out.find("\nint8      " + engine + "\n"), std::string::npos) << bench.run().out;
   // A miss is told to a tenth (0.4 short of a target is not "by 0").
   const std::regex target(R"(int8 +4096: x[0-9]+\.[0-9]{2} fp16's tokens/s \(target x1\.7\): (met|MISSED by [0-9]+\.[0-9]%)\n)");
   EXPECT_TRUE(std::regex_search(bench.run().out, target)) << bench.run().out;

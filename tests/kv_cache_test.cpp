@@ -633,6 +633,34 @@ TEST(KVCache, Int8IntegerPathsAgreeAcrossTargets) {
   }
 }
 
+TEST(KVCache, Int8EngineNamesThePathThatRuns) {
+  // decode_int8_engine (printed by `qkv bench decode`) against what runs, on
+  // every target, with the fixed point and the tile units on and off: a
+  // fixed-point engine gives other bits than the float path, AMX counts tasks.
+  DefaultDecodeOnExit restore;
+  const Int8Shape sh{8, 2, 64, 64, 1, 0, 300, 0, 0.0f, -1};
+  for (const int64_t target : internal::flash_targets()) {
+    internal::flash_force_target(target);
+    internal::set_decode_fixed_point_enabled(false);
+    internal::set_dot_units_enabled(false);
+    const std::string float_engine = internal::decode_int8_engine(64, 64, 4);
+    EXPECT_EQ(float_engine, "float (rows widened in registers)") << internal::flash_target_name(target);
+    std::vector<float> lse;
+    const std::vector<float> o_float = int8_decode(sh, lse);
+    for (const bool units : {false, true}) {
+      internal::set_decode_fixed_point_enabled(true);
+      internal::set_dot_units_enabled(units);
+      const std::string engine = internal::decode_int8_engine(64, 64, 4);
+      SCOPED_TRACE(std::string(internal::flash_target_name(target)) + ": " + engine);
+      const int64_t tasks = internal::decode_amx_tasks();
+      const std::vector<float> o = int8_decode(sh, lse);
+      EXPECT_EQ(engine.find("fixed point") != std::string::npos, o != o_float);
+      EXPECT_EQ(engine.find("AMX") != std::string::npos, internal::decode_amx_tasks() > tasks);
+      EXPECT_EQ(engine.find("fixed point") != std::string::npos, internal::decode_fixed_point_on(target));
+    }
+  }
+}
+
 TEST(KVCache, CopiesAreDeepAndMovesKeepTheTokens) {
   // Pools of 4 MiB and more take the huge-page path of the pool buffer, smaller
   // ones the plain one: both copied, moved and assigned.

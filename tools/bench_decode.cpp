@@ -43,6 +43,7 @@
 #include "bench_json.h"
 #include "bench_report.h"
 #include "commands.h"
+#include "kernels/decode.h"
 #include "kernels/flash_forward.h"
 #include "memory_probe.h"
 #include "progress.h"
@@ -284,6 +285,10 @@ void run_bench_decode(const DecodeOptions& options) {
               run.date.c_str());
   std::printf("shape     batch 1, %lld query heads / %lld KV heads, head_dim %lld, 1 new token per step, contiguous cache\n",
               static_cast<long long>(kHeads), static_cast<long long>(kKvHeads), static_cast<long long>(kHeadDim));
+  run.int8_engine = internal::decode_int8_engine(kHeadDim, kHeadDim, kHeads / kKvHeads);
+  if (std::find(types.begin(), types.end(), DType::kInt8) != types.end()) {
+    std::printf("int8      %s\n", run.int8_engine.c_str());
+  }
   std::fflush(stdout);
 
   run.load_start = load_average();

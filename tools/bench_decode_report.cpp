@@ -172,6 +172,7 @@ Json decode_json(const DecodeRun& run, const DecodeOptions& options) {
                                      {"logical_cpus", static_cast<int64_t>(run.logical_cpus)},
                                      {"threads", run.threads},
                                      {"simd_target", run.simd_target},
+                                     {"int8_engine", run.int8_engine},
                                      {"mem_available_bytes", run.mem_available},
                                      {"l3_bytes", run.l3_bytes},
                                      {"load_average_start", run.load_start},

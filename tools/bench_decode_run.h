@@ -135,6 +135,7 @@ struct DecodeRow {
 
 struct DecodeRun {
   std::string cpu, simd_target, date;
+  std::string int8_engine;  // what an int8 cache's products run on (decode_int8_engine)
   unsigned logical_cpus = 0;
   int threads = 1;
   int64_t mem_available = -1;

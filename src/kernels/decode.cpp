@@ -293,6 +293,27 @@ HWY_NOINLINE void AccumulateValues(const Layout& g, int64_t n, const float* HWY_
   }
 }
 
+// Which integer paths an int8 cache takes on this target (decode.h).
+struct Int8Paths {
+  bool fixed = false;         // scores in 16-bit fixed point (vpdpwssd, vpmaddwd)
+  bool fixed_values = false;  // P.V too
+  bool amx = false;           // the scores on AMX-INT8 tiles
+};
+HWY_INLINE Int8Paths ChooseInt8Paths(DType kv_dtype, int64_t head_dim, int64_t head_dim_v, int64_t rows) {
+  Int8Paths paths;
+#if QKV_DECODE_FIXED_TARGET
+  paths.fixed = kv_dtype == DType::kInt8 && head_dim % kFixedDims == 0 && head_dim <= 256 &&
+                decode_fixed_point_enabled() && decode_fixed_point_on(HWY_TARGET);
+  paths.fixed_values = paths.fixed && head_dim_v % kFixedColumns == 0;
+#endif
+#if defined(QKV_HAVE_AMX_INT8) && HWY_TARGET == HWY_AVX3
+  paths.amx = paths.fixed_values && head_dim % kAmxDims == 0 && rows <= 2 * kAmxRows &&
+              amx_int8_enabled();
+#endif
+  (void)kv_dtype, (void)head_dim, (void)head_dim_v, (void)rows;
+  return paths;
+}
+
 // One task: keys [j0, j1) of batch b for every kv head, into the partial
 // states of its kv heads (state + kvh * g.state, see Layout). All heads per
 // task because a token's K (and V) rows of all kv heads are contiguous: the
@@ -305,17 +326,11 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
   const ScoreUnits units(p);
   const size_t q_elem = dtype_size(p.dtype);
   const int64_t elem_kv = static_cast<int64_t>(dtype_size(p.kv_dtype));
-#if QKV_DECODE_FIXED_TARGET
-  const bool fixed = kDtype == DType::kInt8 && p.head_dim % kFixedDims == 0 && p.head_dim <= 256 &&
-                     decode_fixed_point_enabled() && decode_fixed_point_on(HWY_TARGET);
-  const bool fixed_values = fixed && p.head_dim_v % kFixedColumns == 0;
-#else
-  [[maybe_unused]] constexpr bool fixed = false;
-  constexpr bool fixed_values = false;
-#endif
+  const Int8Paths paths = ChooseInt8Paths(kDtype, p.head_dim, p.head_dim_v, g.rows);
+  [[maybe_unused]] const bool fixed = paths.fixed;
+  [[maybe_unused]] const bool fixed_values = paths.fixed_values;
 #if defined(QKV_HAVE_AMX_INT8) && HWY_TARGET == HWY_AVX3
-  const bool amx = fixed_values && p.head_dim % kAmxDims == 0 && g.rows <= 2 * kAmxRows &&
-                   amx_int8_enabled();
+  const bool amx = paths.amx;
   const AmxGroups amx_groups(g.rows, p.head_dim);
   std::optional<amx::ScopedTiles> tiles;
   if (amx) {
@@ -580,6 +595,20 @@ void DecodeForwardImpl(const AttentionProblem& p, int num_splits) {
   }
 }
 
+const char* DecodeInt8EngineImpl(int64_t head_dim, int64_t head_dim_v, int64_t rows) {
+  const Int8Paths paths = ChooseInt8Paths(DType::kInt8, head_dim, head_dim_v, rows);
+  if (paths.amx) return "scores on AMX-INT8 tiles, P.V on AVX512-VNNI (16-bit fixed point)";
+  const bool avx3 = HWY_TARGET == HWY_AVX3;
+  if (paths.fixed_values) {
+    return avx3 ? "AVX512-VNNI (16-bit fixed point)" : "AVX2 vpmaddwd (16-bit fixed point)";
+  }
+  if (paths.fixed) {
+    return avx3 ? "scores on AVX512-VNNI (16-bit fixed point), P.V in float"
+                : "scores on AVX2 vpmaddwd (16-bit fixed point), P.V in float";
+  }
+  return "float (rows widened in registers)";
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace qkv::internal
 HWY_AFTER_NAMESPACE();
@@ -587,6 +616,7 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace qkv::internal {
 HWY_EXPORT(DecodeForwardImpl);
+HWY_EXPORT(DecodeInt8EngineImpl);
 
 namespace {
 std::atomic<bool> fixed_point_enabled{true};
@@ -618,6 +648,10 @@ void set_decode_fixed_point_enabled(bool enabled) {
 }
 
 int64_t decode_amx_tasks() { return amx_tasks.load(std::memory_order_relaxed); }
+
+const char* decode_int8_engine(int64_t head_dim, int64_t head_dim_v, int64_t rows) {
+  return HWY_DYNAMIC_DISPATCH(DecodeInt8EngineImpl)(head_dim, head_dim_v, rows);
+}
 
 void decode_forward(const AttentionProblem& problem, int num_splits) noexcept {
   HWY_DYNAMIC_DISPATCH(DecodeForwardImpl)(problem, num_splits);

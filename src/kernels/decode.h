@@ -36,6 +36,11 @@ bool decode_fixed_point_on(int64_t target);
 bool decode_fixed_point_enabled();
 void set_decode_fixed_point_enabled(bool enabled);
 
+// What an int8 cache's products run on now (the target dispatch picks, the
+// switches above, the shapes): e.g. "AVX512-VNNI (16-bit fixed point)".
+//   rows: query rows per kv head (seq_q * heads / kv_heads)
+const char* decode_int8_engine(int64_t head_dim, int64_t head_dim_v, int64_t rows);
+
 // Decode tasks that have run on AMX-INT8 tiles in this process (tests check
 // that the path they compare ran).
 int64_t decode_amx_tasks();
