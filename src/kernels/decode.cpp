@@ -86,24 +86,48 @@ int64_t CeilDiv(int64_t x, int64_t m) { return (x + m - 1) / m; }
 // whose sums pair two rows' two keys in one StoreSumsOf4: the same number of
 // reductions per score as 2 rows x 4 keys, and each K vector converted once
 // for all rows instead of once per 2 rows.
+// s[r][t] += q[r][e] * k_t[e] for e in [c, head_dim): the elements past the
+// whole vectors, one at a time.
+template <DType kDtype, int kRows, int kKeys>
+HWY_INLINE void ScoreKeysTail(const float* HWY_RESTRICT q, int64_t head_dim, HeadRows k_rows,
+                              int t0, int64_t c, float* HWY_RESTRICT s, int64_t s_stride) {
+  for (int64_t e = c; e < head_dim; ++e) {
+    for (int r = 0; r < kRows; ++r) {
+      for (int t = t0; t < t0 + kKeys; ++t) {
+        s[r * s_stride + t] += q[r * head_dim + e] * ElementAsFloat<kDtype>(k_rows[t], e);
+      }
+    }
+  }
+}
+
 template <DType kDtype, int kRows, int kKeys, class D>
 HWY_INLINE void ScoreKeysPass(D d, const float* HWY_RESTRICT q, int64_t head_dim,
                               HeadRows k_rows, int t0, float* HWY_RESTRICT s, int64_t s_stride) {
   using V = hn::Vec<D>;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  if (head_dim < N) {  // no whole vector: one element at a time
+    for (int r = 0; r < kRows; ++r) {
+      for (int t = t0; t < t0 + kKeys; ++t) s[r * s_stride + t] = 0.0f;
+    }
+    ScoreKeysTail<kDtype, kRows, kKeys>(q, head_dim, k_rows, t0, 0, s, s_stride);
+    return;
+  }
+  // A loop that runs at least once: where it could run no time, GCC kept the
+  // 16 accumulators in a stack array, stored and reloaded around it.
   V acc[kRows][kKeys];
   for (int r = 0; r < kRows; ++r) {
     for (int t = 0; t < kKeys; ++t) acc[r][t] = hn::Zero(d);
   }
   int64_t c = 0;
-  for (; c + N <= head_dim; c += N) {
+  do {
     V k[kKeys];
     for (int t = 0; t < kKeys; ++t) k[t] = LoadAsFloat<kDtype>(d, k_rows[t0 + t], c);
     for (int r = 0; r < kRows; ++r) {
       const V qr = hn::LoadU(d, q + r * head_dim + c);
       for (int t = 0; t < kKeys; ++t) acc[r][t] = hn::MulAdd(qr, k[t], acc[r][t]);
     }
-  }
+    c += N;
+  } while (c + N <= head_dim);
   if constexpr (kKeys == 4) {
     for (int r = 0; r < kRows; ++r) {
       StoreSumsOf4(d, acc[r][0], acc[r][1], acc[r][2], acc[r][3], s + r * s_stride + t0);
@@ -123,14 +147,7 @@ HWY_INLINE void ScoreKeysPass(D d, const float* HWY_RESTRICT q, int64_t head_dim
       }
     }
   }
-  // Tail of a head_dim that is not a multiple of N: one element at a time.
-  for (int64_t e = c; e < head_dim; ++e) {
-    for (int r = 0; r < kRows; ++r) {
-      for (int t = t0; t < t0 + kKeys; ++t) {
-        s[r * s_stride + t] += q[r * head_dim + e] * ElementAsFloat<kDtype>(k_rows[t], e);
-      }
-    }
-  }
+  ScoreKeysTail<kDtype, kRows, kKeys>(q, head_dim, k_rows, t0, c, s, s_stride);
 }
 
 template <DType kDtype, int kRows, class D>
@@ -160,7 +177,9 @@ HWY_INLINE void ValueBlock(D d, const float* HWY_RESTRICT p, HeadRows v_rows,
     const V a = hn::Set(d, alpha[r]);
     for (int v = 0; v < kVecs; ++v) o[r][v] = hn::Mul(a, hn::Load(d, acc + r * acc_stride + c + v * N));
   }
-  for (int64_t j0 = 0; j0 < n; j0 += kKeysPerRequest) {
+  // (n >= 1: a do-while, see ScoreKeysPass.)
+  int64_t j0 = 0;
+  do {
     prefetch.Issue(kKeysPerRequest * prefetch_per_key);
     for (int64_t j = j0; j < std::min(n, j0 + kKeysPerRequest); ++j) {
       V vj[kVecs];
@@ -170,7 +189,8 @@ HWY_INLINE void ValueBlock(D d, const float* HWY_RESTRICT p, HeadRows v_rows,
         for (int v = 0; v < kVecs; ++v) o[r][v] = hn::MulAdd(pr, vj[v], o[r][v]);
       }
     }
-  }
+    j0 += kKeysPerRequest;
+  } while (j0 < n);
   for (int r = 0; r < kRows; ++r) {
     for (int v = 0; v < kVecs; ++v) hn::Store(o[r][v], d, acc + r * acc_stride + c + v * N);
   }

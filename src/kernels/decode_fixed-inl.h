@@ -98,7 +98,10 @@ HWY_NOINLINE void ScoreKeysFixed(const int16_t* HWY_RESTRICT q16, int64_t q_stri
   for (int r = 0; r < kRows; ++r) {
     for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = _mm512_setzero_si512();
   }
-  for (int64_t c = 0; c < head_dim; c += 32) {
+  // (At least one pass, as a do-while: a loop that could run no time made
+  // GCC keep the accumulators in a stack array, stored and reloaded around it.)
+  int64_t c = 0;
+  do {
     __m512i k[kKeyGroup];
     for (int t = 0; t < kKeyGroup; ++t) {
       k[t] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
@@ -108,7 +111,8 @@ HWY_NOINLINE void ScoreKeysFixed(const int16_t* HWY_RESTRICT q16, int64_t q_stri
       const __m512i q = _mm512_loadu_si512(q16 + r * q_stride + c);
       for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], q, k[t]);
     }
-  }
+    c += 32;
+  } while (c < head_dim);
   const hn::Full512<int32_t> d32;
   for (int r = 0; r < kRows; ++r) {
     HWY_ALIGN int32_t sums[4];
@@ -145,7 +149,9 @@ HWY_INLINE void ValueBlockFixed(const int16_t* HWY_RESTRICT p16, const float* HW
   for (int r = 0; r < kRows; ++r) {
     for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_setzero_si512();
   }
-  for (int64_t j0 = 0; j0 < n; j0 += kKeysPerRequestFixed) {
+  // (n >= 1: a do-while, see ScoreKeysFixed.)
+  int64_t j0 = 0;
+  do {
     prefetch.Issue(kKeysPerRequestFixed * prefetch_per_key);
     for (int64_t j = j0; j < std::min(n, j0 + kKeysPerRequestFixed); j += 2) {
       const __m512i a = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j]) + c);
@@ -162,7 +168,8 @@ HWY_INLINE void ValueBlockFixed(const int16_t* HWY_RESTRICT p16, const float* HW
         for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_dpwssd_epi32(sum[r][i], pr, v[i]);
       }
     }
-  }
+    j0 += kKeysPerRequestFixed;
+  } while (j0 < n);
   for (int r = 0; r < kRows; ++r) {
     const __m512 a = _mm512_set1_ps(alpha[r]), ps = _mm512_set1_ps(p_scale[r]);
     float* o = acc + r * acc_stride + c;
@@ -198,7 +205,9 @@ HWY_INLINE void ScoreKeysFixedRows(const int16_t* HWY_RESTRICT q16, int64_t q_st
   for (int r = 0; r < kRows; ++r) {
     for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = _mm256_setzero_si256();
   }
-  for (int64_t c = 0; c < head_dim; c += 16) {
+  // (A do-while, as in the AVX3 ScoreKeysFixed.)
+  int64_t c = 0;
+  do {
     __m256i k[kKeyGroup];
     for (int t = 0; t < kKeyGroup; ++t) {
       k[t] = _mm256_cvtepi8_epi16(_mm_loadu_si128(
@@ -210,7 +219,8 @@ HWY_INLINE void ScoreKeysFixedRows(const int16_t* HWY_RESTRICT q16, int64_t q_st
         acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(q, k[t]));
       }
     }
-  }
+    c += 16;
+  } while (c < head_dim);
   const hn::Full256<int32_t> d32;
   for (int r = 0; r < kRows; ++r) {
     HWY_ALIGN int32_t sums[4];
@@ -242,7 +252,9 @@ HWY_INLINE void ValueBlockFixed(const int16_t* HWY_RESTRICT p16, const float* HW
                                int64_t prefetch_per_key) {
   __m256i sum[kRows][2];  // columns c + 0-7, c + 8-15
   for (int r = 0; r < kRows; ++r) sum[r][0] = sum[r][1] = _mm256_setzero_si256();
-  for (int64_t j0 = 0; j0 < n; j0 += kKeysPerRequestFixed) {
+  // (n >= 1: a do-while, see ScoreKeysFixed.)
+  int64_t j0 = 0;
+  do {
     prefetch.Issue(kKeysPerRequestFixed * prefetch_per_key);
     for (int64_t j = j0; j < std::min(n, j0 + kKeysPerRequestFixed); j += 2) {
       const __m128i a = _mm_loadu_si128(
@@ -259,7 +271,8 @@ HWY_INLINE void ValueBlockFixed(const int16_t* HWY_RESTRICT p16, const float* HW
         sum[r][1] = _mm256_add_epi32(sum[r][1], _mm256_madd_epi16(pr, v1));
       }
     }
-  }
+    j0 += kKeysPerRequestFixed;
+  } while (j0 < n);
   for (int r = 0; r < kRows; ++r) {
     const __m256 a = _mm256_set1_ps(alpha[r]), ps = _mm256_set1_ps(p_scale[r]);
     float* o = acc + r * acc_stride + c;
