@@ -33,7 +33,7 @@ inline __m512bh AsPairs(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
 //   qt: [dim_pad / 2][32] bf16 pairs of the row group, transposed (qt[i][r] =
 //       (q[r][2i], q[r][2i + 1])), offset to the panel's first row
 //   kp: packed keys [n_pad / 16][dim_pad / 2][16 keys] pairs (amx_tiles.h)
-//   s:  [kRows][s_stride] fp32; n_pad % 32 == 0, dim_pad % 2 == 0
+//   s:  [kRows][s_stride] fp32; n_pad % 32 == 0, dim_pad % 2 == 0, dim_pad >= 2
 template <int kRows>
 inline void Scores(const uint32_t* __restrict qt, const uint16_t* __restrict kp, int64_t dim_pad,
                    int64_t n_pad, float* __restrict s, int64_t s_stride) {
@@ -46,7 +46,8 @@ inline void Scores(const uint32_t* __restrict qt, const uint16_t* __restrict kp,
       acc0[r] = _mm512_setzero_ps();
       acc1[r] = _mm512_setzero_ps();
     }
-    for (int64_t i = 0; i < pairs; ++i) {
+    int64_t i = 0;
+    do {  // pairs >= 1 (see Values)
       const __m512bh k0 = AsPairs(_mm512_loadu_si512(k + i * 16));
       const __m512bh k1 = AsPairs(_mm512_loadu_si512(k + group + i * 16));
 #pragma GCC unroll 12
@@ -55,7 +56,7 @@ inline void Scores(const uint32_t* __restrict qt, const uint16_t* __restrict kp,
         acc0[r] = _mm512_dpbf16_ps(acc0[r], q, k0);
         acc1[r] = _mm512_dpbf16_ps(acc1[r], q, k1);
       }
-    }
+    } while (++i < pairs);
     for (int r = 0; r < kRows; ++r) {
       _mm512_storeu_ps(s + r * s_stride + j, acc0[r]);
       _mm512_storeu_ps(s + r * s_stride + j + 16, acc1[r]);
@@ -68,7 +69,7 @@ inline void Scores(const uint32_t* __restrict qt, const uint16_t* __restrict kp,
 //   p:  [kRows][kPStride] bf16 weights (zeros past the visible keys)
 //   vp: packed V of the block's first key step, offset to the first column
 //       tile: [n_pad / 32][col_tiles][16 key pairs][16 columns] pairs
-//   o:  [kRows][o_stride] fp32
+//   o:  [kRows][o_stride] fp32; n_pad % 32 == 0, n_pad >= 32
 // Invariant kept by the caller: o = sum_j 2^(s_j - m) v_j over the keys so far.
 template <int kRows, int kCols>
 inline void Values(const uint16_t* __restrict p, const uint16_t* __restrict vp, int64_t col_tiles,
@@ -81,7 +82,10 @@ inline void Values(const uint16_t* __restrict p, const uint16_t* __restrict vp, 
   }
   const uint32_t* pp = reinterpret_cast<const uint32_t*>(p);
   const uint32_t* v = reinterpret_cast<const uint32_t*>(vp);
-  for (int64_t step = 0; step < n_pad / 32; ++step, pp += 16, v += col_tiles * 256) {
+  // n_pad >= 32: a do-while. (A loop that could run no time made GCC keep the
+  // accumulators in a stack array, stored and reloaded around it.)
+  int64_t step = 0;
+  do {
     for (int i = 0; i < 16; ++i) {
       __m512bh vc[kCols];
       for (int c = 0; c < kCols; ++c) vc[c] = AsPairs(_mm512_loadu_si512(v + c * 256 + i * 16));
@@ -91,7 +95,9 @@ inline void Values(const uint16_t* __restrict p, const uint16_t* __restrict vp, 
         for (int c = 0; c < kCols; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], w, vc[c]);
       }
     }
-  }
+    pp += 16;
+    v += col_tiles * 256;
+  } while (++step < n_pad / 32);
   for (int r = 0; r < kRows; ++r) {
     for (int c = 0; c < kCols; ++c) _mm512_storeu_ps(o + r * o_stride + 16 * c, acc[r][c]);
   }
