@@ -76,54 +76,6 @@ HWY_INLINE void QuantizeRow16(const float* HWY_RESTRICT x, int64_t n, float limi
 #endif  // QKV_DECODE_FIXED_TARGET
 
 #if defined(QKV_DECODE_FIXED) && HWY_TARGET == HWY_AVX3
-// ScoreKeys for an int8 cache on AVX512-VNNI, in exact integer arithmetic:
-// q as 16-bit fixed point, q16 = round(q / q_scale), |q16| <= 32639, the
-// keys widened to int16, pairs of products summed into int32 by vpdpwssd
-// (one instruction per 32 multiply-adds, no conversion to float).
-//   s[r * s_stride + t] = q_scale[r] * (q16[r] . k_t)   (times the key's own
-//   scale later, with the other int8 scales)
-//   q16: [kRows][q_stride]; head_dim % 32 == 0 and <= 256 (the sums stay
-//   below 2^31: 256 * 32767 * 128 < 2^31)
-// (GCC 12 sees the undefined vector some intrinsics start from as an
-// uninitialized read.)
-HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",avx512vnni")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-template <int kRows>
-HWY_NOINLINE void ScoreKeysFixed(const int16_t* HWY_RESTRICT q16, int64_t q_stride,
-                                const float* HWY_RESTRICT q_scale, int64_t head_dim,
-                                HeadRows k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
-  __m512i acc[kRows][kKeyGroup];
-  for (int r = 0; r < kRows; ++r) {
-    for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = _mm512_setzero_si512();
-  }
-  // (At least one pass, as a do-while: a loop that could run no time made
-  // GCC keep the accumulators in a stack array, stored and reloaded around it.)
-  int64_t c = 0;
-  do {
-    __m512i k[kKeyGroup];
-    for (int t = 0; t < kKeyGroup; ++t) {
-      k[t] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
-          reinterpret_cast<const __m256i*>(static_cast<const int8_t*>(k_rows[t]) + c)));
-    }
-    for (int r = 0; r < kRows; ++r) {
-      const __m512i q = _mm512_loadu_si512(q16 + r * q_stride + c);
-      for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], q, k[t]);
-    }
-    c += 32;
-  } while (c < head_dim);
-  const hn::Full512<int32_t> d32;
-  for (int r = 0; r < kRows; ++r) {
-    HWY_ALIGN int32_t sums[4];
-    StoreSumsOf4(d32, hn::Vec512<int32_t>{acc[r][0]}, hn::Vec512<int32_t>{acc[r][1]},
-                 hn::Vec512<int32_t>{acc[r][2]}, hn::Vec512<int32_t>{acc[r][3]}, sums);
-    for (int t = 0; t < kKeyGroup; ++t) s[r * s_stride + t] = static_cast<float>(sums[t]) * q_scale[r];
-  }
-}
-#pragma GCC diagnostic pop
-HWY_POP_ATTRIBUTES
-
 // AccumulateValues for an int8 cache on AVX512-VNNI, in integer arithmetic
 // per block: each row's weights (the value scales folded in) as 16-bit fixed
 // point p16 = round(p / p_scale), p_scale = max p / 32767 (one per row and
@@ -190,56 +142,6 @@ HWY_POP_ATTRIBUTES
 #endif  // QKV_DECODE_FIXED && HWY_TARGET == HWY_AVX3
 
 #if defined(QKV_DECODE_FIXED) && HWY_TARGET == HWY_AVX2
-// ScoreKeysFixed on AVX2 (no VNNI): the same q16 and widened keys, vpmaddwd
-// (pairs of int16 products summed into int32) then vpaddd, 16 elements per
-// step. The same integer sums as the AVX512 paths, so the same scores. Rows
-// two at a time (2 x 4 accumulators in 16 registers; 4 rows x 2 keys per
-// pass, so each key widened once for all 4, was 2% slower: 32K tokens, one
-// thread, 7.32 against 7.17 ms).
-//   head_dim % 16 == 0 and <= 256
-template <int kRows>
-HWY_INLINE void ScoreKeysFixedRows(const int16_t* HWY_RESTRICT q16, int64_t q_stride,
-                                   const float* HWY_RESTRICT q_scale, int64_t head_dim,
-                                   HeadRows k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
-  __m256i acc[kRows][kKeyGroup];
-  for (int r = 0; r < kRows; ++r) {
-    for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = _mm256_setzero_si256();
-  }
-  // (A do-while, as in the AVX3 ScoreKeysFixed.)
-  int64_t c = 0;
-  do {
-    __m256i k[kKeyGroup];
-    for (int t = 0; t < kKeyGroup; ++t) {
-      k[t] = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-          reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(k_rows[t]) + c)));
-    }
-    for (int r = 0; r < kRows; ++r) {
-      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q16 + r * q_stride + c));
-      for (int t = 0; t < kKeyGroup; ++t) {
-        acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(q, k[t]));
-      }
-    }
-    c += 16;
-  } while (c < head_dim);
-  const hn::Full256<int32_t> d32;
-  for (int r = 0; r < kRows; ++r) {
-    HWY_ALIGN int32_t sums[4];
-    StoreSumsOf4(d32, hn::Vec256<int32_t>{acc[r][0]}, hn::Vec256<int32_t>{acc[r][1]},
-                 hn::Vec256<int32_t>{acc[r][2]}, hn::Vec256<int32_t>{acc[r][3]}, sums);
-    for (int t = 0; t < kKeyGroup; ++t) s[r * s_stride + t] = static_cast<float>(sums[t]) * q_scale[r];
-  }
-}
-template <int kRows>
-HWY_NOINLINE void ScoreKeysFixed(const int16_t* HWY_RESTRICT q16, int64_t q_stride,
-                                 const float* HWY_RESTRICT q_scale, int64_t head_dim,
-                                 HeadRows k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
-  ScoreKeysFixedRows<kRows < 2 ? kRows : 2>(q16, q_stride, q_scale, head_dim, k_rows, s, s_stride);
-  if constexpr (kRows > 2) {
-    ScoreKeysFixedRows<kRows - 2>(q16 + 2 * q_stride, q_stride, q_scale + 2, head_dim, k_rows,
-                                  s + 2 * s_stride, s_stride);
-  }
-}
-
 // ValueBlockFixed on AVX2, 16 columns per pass: the bytes of a key
 // pair interleaved (columns c..c+7, then c+8..c+15), widened to int16 pairs,
 // vpmaddwd with the pair's weights, vpaddd into int32 per column.
@@ -284,6 +186,92 @@ HWY_INLINE void ValueBlockFixed(const int16_t* HWY_RESTRICT p16, const float* HW
 }
 
 #endif  // QKV_DECODE_FIXED && HWY_TARGET == HWY_AVX2
+
+#if QKV_DECODE_FIXED_TARGET
+// ScoreKeys for an int8 cache, in exact integer arithmetic: q as 16-bit fixed
+// point, q16 = round(q / q_scale), |q16| <= 32639, the keys widened to int16,
+// pairs of products summed into int32 (AVX3: vpdpwssd, one instruction per 32
+// multiply-adds; AVX2: vpmaddwd then vpaddd), no conversion to float. Every
+// target forms the same integer sums, so the same scores.
+//   s[r * s_stride + t] = q_scale[r] * (q16[r] . k_t)   (times the key's own
+//   scale later, with the other int8 scales)
+//   q16: [kRows][q_stride]; head_dim a multiple of kFixedDims (the int16
+//   lanes), <= 256 (the sums stay below 2^31: 256 * 32767 * 128 < 2^31)
+// Rows kFixedScoreRows at a time: 4 x 4 accumulators in 32 registers, 2 x 4
+// in 16 (AVX2; 4 rows x 2 keys per pass, each key widened once for all 4,
+// was 2% slower there: 32K tokens, one thread, 7.32 against 7.17 ms).
+// (GCC 12 sees the undefined vector some intrinsics start from as an
+// uninitialized read.)
+#if HWY_TARGET == HWY_AVX3
+HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",avx512vnni")
+#endif
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+inline constexpr int kFixedScoreRows = HWY_TARGET == HWY_AVX3 ? 4 : 2;
+
+// acc + the pairwise sums of q * k: lane i gets q[2i] k[2i] + q[2i+1] k[2i+1].
+template <class D32, class V16>
+HWY_INLINE hn::Vec<D32> AddProductPairs(D32 d32, hn::Vec<D32> acc, V16 q, V16 k) {
+#if HWY_TARGET == HWY_AVX3
+  (void)d32;
+  return hn::Vec<D32>{_mm512_dpwssd_epi32(acc.raw, q.raw, k.raw)};
+#else
+  hn::Vec<D32> unused;
+  return hn::ReorderWidenMulAccumulate(d32, q, k, acc, unused);  // vpmaddwd + vpaddd
+#endif
+}
+
+template <int kRows>
+HWY_INLINE void ScoreKeysFixedRows(const int16_t* HWY_RESTRICT q16, int64_t q_stride,
+                                   const float* HWY_RESTRICT q_scale, int64_t head_dim,
+                                   HeadRows k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
+  const hn::ScalableTag<int16_t> d16;
+  const hn::Rebind<int8_t, decltype(d16)> d8;
+  const hn::Repartition<int32_t, decltype(d16)> d32;
+  using V32 = hn::Vec<decltype(d32)>;
+  V32 acc[kRows][kKeyGroup];
+  for (int r = 0; r < kRows; ++r) {
+    for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = hn::Zero(d32);
+  }
+  // (At least one pass, as a do-while: a loop that could run no time made
+  // GCC keep the accumulators in a stack array, stored and reloaded around it.)
+  int64_t c = 0;
+  do {
+    hn::Vec<decltype(d16)> k[kKeyGroup];
+    for (int t = 0; t < kKeyGroup; ++t) {
+      k[t] = hn::PromoteTo(d16, hn::LoadU(d8, static_cast<const int8_t*>(k_rows[t]) + c));
+    }
+    for (int r = 0; r < kRows; ++r) {
+      const auto q = hn::LoadU(d16, q16 + r * q_stride + c);
+      for (int t = 0; t < kKeyGroup; ++t) acc[r][t] = AddProductPairs(d32, acc[r][t], q, k[t]);
+    }
+    c += kFixedDims;
+  } while (c < head_dim);
+  for (int r = 0; r < kRows; ++r) {
+    HWY_ALIGN int32_t sums[4];
+    StoreSumsOf4(d32, acc[r][0], acc[r][1], acc[r][2], acc[r][3], sums);
+    for (int t = 0; t < kKeyGroup; ++t) s[r * s_stride + t] = static_cast<float>(sums[t]) * q_scale[r];
+  }
+}
+
+template <int kRows>
+HWY_NOINLINE void ScoreKeysFixed(const int16_t* HWY_RESTRICT q16, int64_t q_stride,
+                                 const float* HWY_RESTRICT q_scale, int64_t head_dim,
+                                 HeadRows k_rows, float* HWY_RESTRICT s, int64_t s_stride) {
+  static_assert(kRows <= 2 * kFixedScoreRows, "at most two passes of rows");
+  constexpr int kFirst = kRows < kFixedScoreRows ? kRows : kFixedScoreRows;
+  ScoreKeysFixedRows<kFirst>(q16, q_stride, q_scale, head_dim, k_rows, s, s_stride);
+  if constexpr (kRows > kFirst) {
+    ScoreKeysFixedRows<kRows - kFirst>(q16 + kFirst * q_stride, q_stride, q_scale + kFirst,
+                                       head_dim, k_rows, s + kFirst * s_stride, s_stride);
+  }
+}
+#pragma GCC diagnostic pop
+#if HWY_TARGET == HWY_AVX3
+HWY_POP_ATTRIBUTES
+#endif
+#endif  // QKV_DECODE_FIXED_TARGET
 
 #if QKV_DECODE_FIXED_TARGET
 // acc = alpha * acc + P.V over the block's n keys for every row, rows in
