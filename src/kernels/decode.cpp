@@ -18,10 +18,11 @@
 // block computes (fp16, 128K tokens, 2 threads: 27.4 -> 24.6 ms, against the
 // next block's K requested during the scores only).
 //
-// int8 caches compute in integer arithmetic where the CPU allows: P.V with
-// AVX512-VNNI (decode_fixed-inl.h), the scores on AMX-INT8 tiles where
-// present (decode_amx-inl.h: 16 keys per tile), else with VNNI too; the
-// float path otherwise. Both score paths give the same bits.
+// int8 caches compute in integer arithmetic where the CPU allows
+// (decode_fixed-inl.h): P.V with AVX512-VNNI, the scores on AMX-INT8 tiles
+// where present (decode_amx-inl.h: 16 keys per tile), else with VNNI too; on
+// AVX2 both with vpmaddwd; the float path otherwise. All form the same
+// integers.
 
 #include "kernels/decode.h"
 
@@ -76,16 +77,6 @@ constexpr int64_t kTasksPerThread = 2;
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 int64_t CeilDiv(int64_t x, int64_t m) { return (x + m - 1) / m; }
 
-// Scores of kKeyGroup keys for kRows rows, all of one kv head:
-//   s[r * s_stride + t] = q[r] . k_t  for r < kRows, t < kKeyGroup
-//   q: [kRows][head_dim] floats (pre-scaled); k_t: k_rows[t] in the cache's type.
-// Each K vector is loaded and converted once for all kRows rows. A key's score
-// is the same bits wherever it sits in a group (StoreSumsOf4).
-// With 32 vector registers, one pass of kRows x 4 accumulators; with 16
-// (kRows x 4 would spill past 2 rows), two passes of kRows x 2 (keys t0, t0 + 1),
-// whose sums pair two rows' two keys in one StoreSumsOf4: the same number of
-// reductions per score as 2 rows x 4 keys, and each K vector converted once
-// for all rows instead of once per 2 rows.
 // s[r][t] += q[r][e] * k_t[e] for e in [c, head_dim): the elements past the
 // whole vectors, one at a time.
 template <DType kDtype, int kRows, int kKeys>
@@ -100,6 +91,16 @@ HWY_INLINE void ScoreKeysTail(const float* HWY_RESTRICT q, int64_t head_dim, Hea
   }
 }
 
+// Scores of kKeyGroup keys for kRows rows, all of one kv head:
+//   s[r * s_stride + t] = q[r] . k_t  for r < kRows, t < kKeyGroup
+//   q: [kRows][head_dim] floats (pre-scaled); k_t: k_rows[t] in the cache's type.
+// Each K vector is loaded and converted once for all kRows rows. A key's score
+// is the same bits wherever it sits in a group (StoreSumsOf4).
+// With 32 vector registers, one pass of kRows x 4 accumulators; with 16
+// (kRows x 4 would spill past 2 rows), two passes of kRows x 2 (keys t0, t0 + 1),
+// whose sums pair two rows' two keys in one StoreSumsOf4: the same number of
+// reductions per score as 2 rows x 4 keys, and each K vector converted once
+// for all rows instead of once per 2 rows.
 template <DType kDtype, int kRows, int kKeys, class D>
 HWY_INLINE void ScoreKeysPass(D d, const float* HWY_RESTRICT q, int64_t head_dim,
                               HeadRows k_rows, int t0, float* HWY_RESTRICT s, int64_t s_stride) {
