@@ -217,7 +217,7 @@ HWY_INLINE hn::Vec<D32> AddProductPairs(D32 d32, hn::Vec<D32> acc, V16 q, V16 k)
   (void)d32;
   return hn::Vec<D32>{_mm512_dpwssd_epi32(acc.raw, q.raw, k.raw)};
 #else
-  hn::Vec<D32> unused;
+  hn::Vec<D32> unused = hn::Zero(d32);  // (x86 keeps every sum in acc)
   return hn::ReorderWidenMulAccumulate(d32, q, k, acc, unused);  // vpmaddwd + vpaddd
 #endif
 }
