@@ -75,117 +75,6 @@ HWY_INLINE void QuantizeRow16(const float* HWY_RESTRICT x, int64_t n, float limi
 }
 #endif  // QKV_DECODE_FIXED_TARGET
 
-#if defined(QKV_DECODE_FIXED) && HWY_TARGET == HWY_AVX3
-// AccumulateValues for an int8 cache on AVX512-VNNI, in integer arithmetic
-// per block: each row's weights (the value scales folded in) as 16-bit fixed
-// point p16 = round(p / p_scale), p_scale = max p / 32767 (one per row and
-// block), V rows of a key pair interleaved as int16 pairs, vpdpwssd summing
-// p16_j v_j + p16_j+1 v_j+1 into int32 per column (exact: at most 64 * 32767
-// * 128 per block); then acc = alpha * acc + p_scale * sum, in float.
-//   p16: [rows][kBlock], zero past n (QuantizeRow16 of the weights, which
-//   are 0 past the block's keys; for an odd n the key after the last is the
-//   last's row again, v_rows has it); head_dim_v % 64 == 0
-HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",avx512vnni")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-template <int kRows>
-HWY_INLINE void ValueBlockFixed(const int16_t* HWY_RESTRICT p16, const float* HWY_RESTRICT p_scale,
-                               HeadRows v_rows, int64_t n, int64_t c,
-                               const float* HWY_RESTRICT alpha, float* HWY_RESTRICT acc,
-                               int64_t acc_stride, NextBlockPrefetch& prefetch,
-                               int64_t prefetch_per_key) {
-  // acc_int[r][i], i = 0..3: columns c + {0-7, 16-23}, {32-39, 48-55},
-  // {8-15, 24-31}, {40-47, 56-63} (the unpack order), int32.
-  __m512i sum[kRows][4];
-  for (int r = 0; r < kRows; ++r) {
-    for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_setzero_si512();
-  }
-  // (n >= 1: a do-while, see ScoreKeysFixed.)
-  int64_t j0 = 0;
-  do {
-    prefetch.Issue(kKeysPerRequestFixed * prefetch_per_key);
-    for (int64_t j = j0; j < std::min(n, j0 + kKeysPerRequestFixed); j += 2) {
-      const __m512i a = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j]) + c);
-      const __m512i b = _mm512_loadu_si512(static_cast<const int8_t*>(v_rows[j + 1]) + c);
-      const __m512i lo = _mm512_unpacklo_epi8(a, b), hi = _mm512_unpackhi_epi8(a, b);
-      const __m512i v[4] = {_mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo)),
-                            _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(lo, 1)),
-                            _mm512_cvtepi8_epi16(_mm512_castsi512_si256(hi)),
-                            _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(hi, 1))};
-      for (int r = 0; r < kRows; ++r) {
-        int32_t pair;
-        std::memcpy(&pair, p16 + r * kBlock + j, sizeof(pair));
-        const __m512i pr = _mm512_set1_epi32(pair);
-        for (int i = 0; i < 4; ++i) sum[r][i] = _mm512_dpwssd_epi32(sum[r][i], pr, v[i]);
-      }
-    }
-    j0 += kKeysPerRequestFixed;
-  } while (j0 < n);
-  for (int r = 0; r < kRows; ++r) {
-    const __m512 a = _mm512_set1_ps(alpha[r]), ps = _mm512_set1_ps(p_scale[r]);
-    float* o = acc + r * acc_stride + c;
-    // Natural column order: 16 columns from the 128-bit lanes of two sums.
-    const __m512i natural[4] = {_mm512_shuffle_i32x4(sum[r][0], sum[r][2], 0x44),
-                                _mm512_shuffle_i32x4(sum[r][0], sum[r][2], 0xEE),
-                                _mm512_shuffle_i32x4(sum[r][1], sum[r][3], 0x44),
-                                _mm512_shuffle_i32x4(sum[r][1], sum[r][3], 0xEE)};
-    for (int i = 0; i < 4; ++i) {
-      const __m512 old = _mm512_mul_ps(a, _mm512_loadu_ps(o + 16 * i));
-      _mm512_storeu_ps(o + 16 * i, _mm512_fmadd_ps(ps, _mm512_cvtepi32_ps(natural[i]), old));
-    }
-  }
-}
-
-#pragma GCC diagnostic pop
-HWY_POP_ATTRIBUTES
-#endif  // QKV_DECODE_FIXED && HWY_TARGET == HWY_AVX3
-
-#if defined(QKV_DECODE_FIXED) && HWY_TARGET == HWY_AVX2
-// ValueBlockFixed on AVX2, 16 columns per pass: the bytes of a key
-// pair interleaved (columns c..c+7, then c+8..c+15), widened to int16 pairs,
-// vpmaddwd with the pair's weights, vpaddd into int32 per column.
-//   head_dim_v % 16 == 0
-template <int kRows>
-HWY_INLINE void ValueBlockFixed(const int16_t* HWY_RESTRICT p16, const float* HWY_RESTRICT p_scale,
-                               HeadRows v_rows, int64_t n, int64_t c,
-                               const float* HWY_RESTRICT alpha, float* HWY_RESTRICT acc,
-                               int64_t acc_stride, NextBlockPrefetch& prefetch,
-                               int64_t prefetch_per_key) {
-  __m256i sum[kRows][2];  // columns c + 0-7, c + 8-15
-  for (int r = 0; r < kRows; ++r) sum[r][0] = sum[r][1] = _mm256_setzero_si256();
-  // (n >= 1: a do-while, see ScoreKeysFixed.)
-  int64_t j0 = 0;
-  do {
-    prefetch.Issue(kKeysPerRequestFixed * prefetch_per_key);
-    for (int64_t j = j0; j < std::min(n, j0 + kKeysPerRequestFixed); j += 2) {
-      const __m128i a = _mm_loadu_si128(
-          reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(v_rows[j]) + c));
-      const __m128i b = _mm_loadu_si128(
-          reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(v_rows[j + 1]) + c));
-      const __m256i v0 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b));
-      const __m256i v1 = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a, b));
-      for (int r = 0; r < kRows; ++r) {
-        int32_t pair;
-        std::memcpy(&pair, p16 + r * kBlock + j, sizeof(pair));
-        const __m256i pr = _mm256_set1_epi32(pair);
-        sum[r][0] = _mm256_add_epi32(sum[r][0], _mm256_madd_epi16(pr, v0));
-        sum[r][1] = _mm256_add_epi32(sum[r][1], _mm256_madd_epi16(pr, v1));
-      }
-    }
-    j0 += kKeysPerRequestFixed;
-  } while (j0 < n);
-  for (int r = 0; r < kRows; ++r) {
-    const __m256 a = _mm256_set1_ps(alpha[r]), ps = _mm256_set1_ps(p_scale[r]);
-    float* o = acc + r * acc_stride + c;
-    for (int i = 0; i < 2; ++i) {
-      const __m256 old = _mm256_mul_ps(a, _mm256_loadu_ps(o + 8 * i));
-      _mm256_storeu_ps(o + 8 * i, _mm256_fmadd_ps(ps, _mm256_cvtepi32_ps(sum[r][i]), old));
-    }
-  }
-}
-
-#endif  // QKV_DECODE_FIXED && HWY_TARGET == HWY_AVX2
 
 #if QKV_DECODE_FIXED_TARGET
 // ScoreKeys for an int8 cache, in exact integer arithmetic: q as 16-bit fixed
@@ -265,6 +154,96 @@ HWY_NOINLINE void ScoreKeysFixed(const int16_t* HWY_RESTRICT q16, int64_t q_stri
   if constexpr (kRows > kFirst) {
     ScoreKeysFixedRows<kRows - kFirst>(q16 + kFirst * q_stride, q_stride, q_scale + kFirst,
                                        head_dim, k_rows, s + kFirst * s_stride, s_stride);
+  }
+}
+// The int16 pairs of keys j and j + 1 at columns [c, c + kFixedColumns):
+// v[i] lane 2m, 2m + 1 = (row_j[col], row_j+1[col]) for the columns of
+// part i. AVX3: the bytes interleaved per 128-bit lane, then halves widened,
+// so the parts hold columns {0-7, 16-23}, {32-39, 48-55}, {8-15, 24-31},
+// {40-47, 56-63}; AVX2: columns 0-7 and 8-15 in order.
+template <class D16>
+HWY_INLINE void WidenKeyPair(D16, const int8_t* HWY_RESTRICT a, const int8_t* HWY_RESTRICT b,
+                             hn::Vec<D16>* HWY_RESTRICT v) {
+#if HWY_TARGET == HWY_AVX3
+  const __m512i x = _mm512_loadu_si512(a), y = _mm512_loadu_si512(b);
+  const __m512i lo = _mm512_unpacklo_epi8(x, y), hi = _mm512_unpackhi_epi8(x, y);
+  v[0].raw = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo));
+  v[1].raw = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(lo, 1));
+  v[2].raw = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(hi));
+  v[3].raw = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(hi, 1));
+#else
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a));
+  const __m128i y = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
+  v[0].raw = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x, y));
+  v[1].raw = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(x, y));
+#endif
+}
+
+// The column sums of WidenKeyPair's parts, in column order: 16 (AVX3) or 8
+// (AVX2) consecutive columns per vector.
+template <class D32>
+HWY_INLINE void ColumnOrder(D32, hn::Vec<D32>* HWY_RESTRICT sum) {
+#if HWY_TARGET == HWY_AVX3
+  const __m512i s0 = sum[0].raw, s1 = sum[1].raw, s2 = sum[2].raw, s3 = sum[3].raw;
+  sum[0].raw = _mm512_shuffle_i32x4(s0, s2, 0x44);  // 128-bit lanes of two parts
+  sum[1].raw = _mm512_shuffle_i32x4(s0, s2, 0xEE);
+  sum[2].raw = _mm512_shuffle_i32x4(s1, s3, 0x44);
+  sum[3].raw = _mm512_shuffle_i32x4(s1, s3, 0xEE);
+#else
+  (void)sum;  // already in order
+#endif
+}
+
+// AccumulateValues for an int8 cache in integer arithmetic, per block and
+// kFixedColumns columns: each row's weights (the value scales folded in) as
+// 16-bit fixed point p16 = round(p / p_scale), p_scale = max p / 32767 (one
+// per row and block), the V rows of a key pair interleaved as int16 pairs
+// (WidenKeyPair), AddProductPairs summing p16_j v_j + p16_j+1 v_j+1 into
+// int32 per column (exact: at most 64 * 32767 * 128 per block); then
+// acc = alpha * acc + p_scale * sum, in float.
+//   p16: [rows][kBlock], zero past n (QuantizeRow16 of the weights, which
+//   are 0 past the block's keys; for an odd n the key after the last is the
+//   last's row again, v_rows has it); head_dim_v % kFixedColumns == 0
+template <int kRows>
+HWY_INLINE void ValueBlockFixed(const int16_t* HWY_RESTRICT p16, const float* HWY_RESTRICT p_scale,
+                                HeadRows v_rows, int64_t n, int64_t c,
+                                const float* HWY_RESTRICT alpha, float* HWY_RESTRICT acc,
+                                int64_t acc_stride, NextBlockPrefetch& prefetch,
+                                int64_t prefetch_per_key) {
+  const hn::ScalableTag<int16_t> d16;
+  const hn::Repartition<int32_t, decltype(d16)> d32;
+  const hn::Repartition<float, decltype(d16)> df;
+  constexpr size_t kParts = kFixedColumns / hn::MaxLanes(d32);
+  hn::Vec<decltype(d32)> sum[kRows][kParts];
+  for (int r = 0; r < kRows; ++r) {
+    for (size_t i = 0; i < kParts; ++i) sum[r][i] = hn::Zero(d32);
+  }
+  // (n >= 1: a do-while, see ScoreKeysFixedRows.)
+  int64_t j0 = 0;
+  do {
+    prefetch.Issue(kKeysPerRequestFixed * prefetch_per_key);
+    for (int64_t j = j0; j < std::min(n, j0 + kKeysPerRequestFixed); j += 2) {
+      hn::Vec<decltype(d16)> v[kParts];
+      WidenKeyPair(d16, static_cast<const int8_t*>(v_rows[j]) + c,
+                   static_cast<const int8_t*>(v_rows[j + 1]) + c, v);
+      for (int r = 0; r < kRows; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, p16 + r * kBlock + j, sizeof(pair));
+        const auto pr = hn::BitCast(d16, hn::Set(d32, pair));
+        for (size_t i = 0; i < kParts; ++i) sum[r][i] = AddProductPairs(d32, sum[r][i], pr, v[i]);
+      }
+    }
+    j0 += kKeysPerRequestFixed;
+  } while (j0 < n);
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  for (int r = 0; r < kRows; ++r) {
+    ColumnOrder(d32, sum[r]);
+    const auto a = hn::Set(df, alpha[r]), ps = hn::Set(df, p_scale[r]);
+    float* o = acc + r * acc_stride + c;
+    for (size_t i = 0; i < kParts; ++i) {
+      const auto old = hn::Mul(a, hn::LoadU(df, o + N * i));
+      hn::StoreU(hn::MulAdd(ps, hn::ConvertTo(df, sum[r][i]), old), df, o + N * i);
+    }
   }
 }
 #pragma GCC diagnostic pop
