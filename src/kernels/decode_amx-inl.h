@@ -19,7 +19,11 @@
 // into B tiles per block) made a step take 22-26% longer than with VNNI's
 // P.V at 32K and 128K tokens: the V interleaving's stores stall the tile
 // loads that follow them, and the tile products of a 4-row group save
-// little.
+// little. Tried again with the tiles of every kv head packed before any
+// product (the stores long done) and the accumulator kept in the tiles'
+// column order until the task ends: still 13% slower (one thread, 32K
+// tokens), the samples on the products themselves, each waiting for the
+// tile store of the one before.
 // Only the AVX3 pass of foreach_target holds it, with AMX-TILE and AMX-INT8
 // added to that pass's target attributes for these functions alone.
 // Per-target code.
