@@ -156,6 +156,7 @@ HWY_NOINLINE void ScoreKeysFixed(const int16_t* HWY_RESTRICT q16, int64_t q_stri
                                        head_dim, k_rows, s + kFirst * s_stride, s_stride);
   }
 }
+
 // The int16 pairs of keys j and j + 1 at columns [c, c + kFixedColumns):
 // v[i] lane 2m, 2m + 1 = (row_j[col], row_j+1[col]) for the columns of
 // part i. AVX3: the bytes interleaved per 128-bit lane, then halves widened,
