@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "api/problem.h"
 #include "kernels/decode.h"
 #include "kernels/flash_forward.h"
 #include "runtime/amx.h"
@@ -658,6 +659,84 @@ TEST(KVCache, Int8EngineNamesThePathThatRuns) {
       EXPECT_EQ(engine.find("AMX") != std::string::npos, internal::decode_amx_tasks() > tasks);
       EXPECT_EQ(engine.find("fixed point") != std::string::npos, internal::decode_fixed_point_on(target));
     }
+  }
+}
+
+// AttentionProblem::tokens tells the decode kernel when a run of tokens is
+// one contiguous stretch of rows (its next-block requests then take one span
+// per tensor, and the int8 scales are turned 16 keys at a time); the rows it
+// gives must be key_row's and value_row's, the flag true exactly where every
+// token's rows follow the previous token's.
+TEST(KVCache, TokenRunsAreAdjacentExactlyWhereTheirRowsAre) {
+  using internal::AttentionProblem;
+  const auto check = [](const AttentionProblem& p, int64_t b, int64_t j0, int64_t n) -> bool {
+    SCOPED_TRACE(testing::Message() << "b " << b << " j0 " << j0 << " n " << n);
+    using Rows = std::vector<AttentionProblem::TokenRows>;
+    Rows keys(static_cast<size_t>(n)), values(keys.size());
+    const bool adjacent = p.tokens(b, j0, n, keys.data(), values.data());
+    const int64_t elem = static_cast<int64_t>(dtype_size(p.kv_dtype));
+    // Token i's rows (and scales) follow token 0's by i tokens' worth.
+    const auto follows = [&](const Rows& t, int64_t i, int64_t dim) {
+      const int64_t row = dim * elem;
+      return (p.kv_heads == 1 || t[i].head_bytes == row) &&
+             t[i].data == t[0].data + i * p.kv_heads * row &&
+             (t[i].scales == nullptr || t[i].scales == t[0].scales + i * p.kv_heads);
+    };
+    bool expected = true;
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t h = 0; h < p.kv_heads; ++h) {
+        EXPECT_EQ(keys[i].row(h).data, p.key_row(b, j0 + i, h).data);
+        EXPECT_EQ(values[i].row(h).data, p.value_row(b, j0 + i, h).data);
+        EXPECT_EQ(keys[i].row(h).scale, p.key_row(b, j0 + i, h).scale);
+      }
+      expected = expected && follows(keys, i, p.head_dim) && follows(values, i, p.head_dim_v);
+    }
+    EXPECT_EQ(adjacent, expected);
+    return adjacent;
+  };
+  for (const DType dtype : {DType::kFloat16, DType::kInt8}) {
+    for (const int64_t page_size : {int64_t{0}, int64_t{16}}) {
+      for (const bool shuffle : {false, true}) {
+        if (shuffle && page_size == 0) continue;
+        SCOPED_TRACE(testing::Message() << dtype_name(dtype) << " page_size " << page_size
+                                        << (shuffle ? " shuffled" : ""));
+        CacheSpec s;
+        s.dtype = dtype;
+        s.page_size = page_size;
+        s.shuffle_pages = shuffle;
+        s.capacity = 160;
+        s.prefill = 150;
+        const KVCache cache = make_cache(s, 5);
+        AttentionProblem p;
+        p.cache = &cache;
+        p.kv_heads = s.kv_heads;
+        p.head_dim = s.head_dim;
+        p.head_dim_v = s.head_dim_v;
+        p.kv_dtype = dtype;
+        int flags = 0;
+        for (const auto& [j0, n] : {std::pair<int64_t, int64_t>{0, 64}, {64, 64}, {3, 13}, {16, 16},
+                                    {10, 1}, {100, 50}}) {
+          for (int64_t b = 0; b < s.batch; ++b) flags += check(p, b, j0, n) ? 1 : 0;
+        }
+        if (page_size == 0 || !shuffle) {
+          EXPECT_EQ(flags, 12);  // pages in order lie back to back
+        } else {
+          EXPECT_LT(flags, 12);  // some run crosses pages that do not
+        }
+      }
+    }
+  }
+  // Dense K/V tensors: back to back unless the token stride leaves gaps.
+  std::vector<float> k(2 * 40 * 3 * 24), v(k.size());
+  for (const int64_t seq_stride : {int64_t{3 * 24}, int64_t{2 * 3 * 24}}) {
+    AttentionProblem p;
+    p.kv_heads = 3;
+    p.head_dim = p.head_dim_v = 24;
+    p.k = k.data();
+    p.v = v.data();
+    p.k_stride = p.v_stride = {seq_stride * 20, seq_stride, 24};
+    EXPECT_EQ(check(p, 1, 2, 17), seq_stride == 3 * 24);
+    EXPECT_TRUE(check(p, 1, 5, 1));
   }
 }
 

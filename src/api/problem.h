@@ -108,7 +108,10 @@ struct AttentionProblem {
   };
   // The rows of keys j0 .. j0 + n - 1 of batch b (walks the pages: no
   // division per token); values may be null when only the keys are wanted.
-  void tokens(int64_t b, int64_t j0, int64_t n, TokenRows* keys, TokenRows* values) const;
+  // Returns whether the n tokens lie back to back with their kv heads' rows
+  // adjacent: the keys' rows (and the values', and an int8 cache's scales)
+  // one contiguous run each, token by token and head by head.
+  bool tokens(int64_t b, int64_t j0, int64_t n, TokenRows* keys, TokenRows* values) const;
   bool has_alibi() const { return alibi != nullptr; }
   bool has_mask() const { return mask != nullptr; }
   float alibi_slope(int64_t b, int64_t h) const {
@@ -141,7 +144,7 @@ inline AttentionProblem::Row AttentionProblem::value_row(int64_t b, int64_t j, i
           scales ? scales[slot] : 1.0f};
 }
 
-inline void AttentionProblem::tokens(int64_t b, int64_t j0, int64_t n, TokenRows* keys,
+inline bool AttentionProblem::tokens(int64_t b, int64_t j0, int64_t n, TokenRows* keys,
                                      TokenRows* values) const {
   const int64_t elem = static_cast<int64_t>(dtype_size(kv_dtype));
   if (cache == nullptr) {
@@ -153,7 +156,10 @@ inline void AttentionProblem::tokens(int64_t b, int64_t j0, int64_t n, TokenRows
                      v_stride.head * elem};
       }
     }
-    return;
+    const auto packed = [&](const Bshd& s, int64_t dim) {
+      return (kv_heads == 1 || s.head == dim) && (n <= 1 || s.seq == kv_heads * dim);
+    };
+    return packed(k_stride, head_dim) && (values == nullptr || packed(v_stride, head_dim_v));
   }
   const int64_t page_size = cache->page_size();
   const int32_t* table = cache->block_table().data() + b * cache->pages_per_sequence();
@@ -162,6 +168,7 @@ inline void AttentionProblem::tokens(int64_t b, int64_t j0, int64_t n, TokenRows
   const float* k_scales = cache->k_scales();
   const float* v_scales = cache->v_scales();
   int64_t page = j0 / page_size, at = j0 % page_size;
+  bool adjacent = true;  // (heads are adjacent in the pools; pages may not be)
   for (int64_t i = 0; i < n; ++i) {
     const int64_t slot = (static_cast<int64_t>(table[page]) * page_size + at) * kv_heads;
     keys[i] = {k_pool + slot * head_dim * elem, k_scales ? k_scales + slot : nullptr, head_dim * elem};
@@ -172,8 +179,10 @@ inline void AttentionProblem::tokens(int64_t b, int64_t j0, int64_t n, TokenRows
     if (++at == page_size) {
       at = 0;
       ++page;
+      if (i + 1 < n) adjacent = adjacent && table[page] == table[page - 1] + 1;
     }
   }
+  return adjacent;
 }
 
 }  // namespace qkv::internal

@@ -399,6 +399,7 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
   }
 
   const bool plain = p.softcap == 0 && !p.has_alibi() && !p.has_mask();
+  bool adjacent = false;  // the block's tokens back to back (AttentionProblem::tokens)
   for (int64_t k0 = key_begin; k0 < key_end; k0 += kBlock) {
     const int64_t n = std::min(kBlock, key_end - k0);
     const int64_t n_pad = RoundUp(n, N);
@@ -408,9 +409,10 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
     // block computes: half during the scores, half during P.V.
     // (The block's own rows were the previous block's next ones.)
     const int64_t n_next = std::min(kBlock, key_end - (k0 + n));
-    if (k0 == key_begin) p.tokens(b, k0, n, w.k_token.get(), w.v_token.get());
-    if (n_next > 0) p.tokens(b, k0 + n, n_next, w.k_next.get(), w.v_next.get());
-    NextBlockPrefetch next(w.k_next.get(), w.v_next.get(), n_next, p.kv_heads,
+    if (k0 == key_begin) adjacent = p.tokens(b, k0, n, w.k_token.get(), w.v_token.get());
+    const bool next_adjacent =
+        n_next > 0 && p.tokens(b, k0 + n, n_next, w.k_next.get(), w.v_next.get());
+    NextBlockPrefetch next(w.k_next.get(), w.v_next.get(), n_next, next_adjacent, p.kv_heads,
                            p.head_dim * elem_kv, p.head_dim_v * elem_kv, w.k_spans.get(),
                            w.v_spans.get());
     const int64_t score_steps = (n + kKeyGroup - 1) / kKeyGroup * p.kv_heads;
@@ -424,8 +426,8 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
       w.v_tokens[j] = w.v_token[std::min(j, n - 1)].data;
     }
     if constexpr (kDtype == DType::kInt8) {
-      BlockScales(d, w.k_token.get(), n, n_keys, p.kv_heads, w.k_scale.get());
-      BlockScales(d, w.v_token.get(), n, n_keys, p.kv_heads, w.v_scale.get());
+      BlockScales(d, w.k_token.get(), n, adjacent, n_keys, p.kv_heads, w.k_scale.get());
+      BlockScales(d, w.v_token.get(), n, adjacent, n_keys, p.kv_heads, w.v_scale.get());
     }
     // 1. Scores, token-major: a token's K rows of all kv heads are adjacent
     //    in the cache, so the block's K is read as one forward stream. (No
@@ -524,6 +526,7 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
     next.Issue(next.lines());  // what the rounding of the shares left
     std::swap(w.k_token, w.k_next);
     std::swap(w.v_token, w.v_next);
+    adjacent = next_adjacent;
   }
 }
 

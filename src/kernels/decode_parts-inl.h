@@ -85,11 +85,13 @@ struct Span {
 // slower at 128K tokens).
 class NextBlockPrefetch {
  public:
-  // spans: room for tokens * kv_heads entries each.
+  // spans: room for tokens * kv_heads entries each; adjacent: what
+  // AttentionProblem::tokens returned for these tokens (then one span each).
   NextBlockPrefetch(const AttentionProblem::TokenRows* k, const AttentionProblem::TokenRows* v,
-                    int64_t tokens, int64_t kv_heads, int64_t k_row_bytes, int64_t v_row_bytes,
-                    Span* k_spans, Span* v_spans)
-      : k_(k, tokens, kv_heads, k_row_bytes, k_spans), v_(v, tokens, kv_heads, v_row_bytes, v_spans) {}
+                    int64_t tokens, bool adjacent, int64_t kv_heads, int64_t k_row_bytes,
+                    int64_t v_row_bytes, Span* k_spans, Span* v_spans)
+      : k_(k, tokens, adjacent, kv_heads, k_row_bytes, k_spans),
+        v_(v, tokens, adjacent, kv_heads, v_row_bytes, v_spans) {}
 
   int64_t lines() const { return k_.lines + v_.lines; }
 
@@ -108,13 +110,19 @@ class NextBlockPrefetch {
     int64_t count = 0, at = 0, lines = 0;
     const char* cur = nullptr;
 
-    // The rows of every token and kv head, adjacent ones merged.
-    Stream(const AttentionProblem::TokenRows* t, int64_t tokens, int64_t kv_heads,
+    // The rows of every token and kv head, adjacent ones merged (known to
+    // be one run when `adjacent`: merging them token by token was about 2.7%
+    // of a 32K-token int8 step's samples).
+    Stream(const AttentionProblem::TokenRows* t, int64_t tokens, bool adjacent, int64_t kv_heads,
            int64_t row_bytes, Span* out)
         : spans(out) {
       const bool heads_adjacent = tokens > 0 && t[0].head_bytes == row_bytes;
       const int64_t runs = heads_adjacent ? 1 : kv_heads;
       const int64_t run_bytes = heads_adjacent ? kv_heads * row_bytes : row_bytes;
+      if (adjacent && tokens > 0) {
+        spans[count++] = {t[0].data, t[0].data + tokens * kv_heads * row_bytes};
+        tokens = 0;  // (the loop below has nothing left to merge)
+      }
       for (int64_t i = 0; i < tokens; ++i) {
         for (int64_t h = 0; h < runs; ++h) {
           const char* b = t[i].data + h * t[i].head_bytes;
@@ -154,21 +162,22 @@ class NextBlockPrefetch {
 
 // The int8 scales of a block's keys per kv head, as the kernels read them:
 //   out[h * kBlock + j] = the scale of key min(j, n - 1), kv head h, j < n_keys
-// (keys past n stand in for the padding). When the keys' scales lie evenly
-// kv_heads apart ([token][kv head] floats: a contiguous cache, or keys of one
-// page) and kv_heads is a multiple of 8, 16 keys x 8 kv heads at a time are
-// turned in registers; key by key otherwise. Key by key always, this was 6%
-// of an int8 step (32K tokens, one thread); gathers (16 keys of one kv head
-// per instruction) were as slow.
+// (keys past n stand in for the padding). When the keys lie back to back
+// (`adjacent`, from AttentionProblem::tokens: their scales are [token][kv
+// head] floats) and kv_heads is a multiple of 8, 16 keys x 8 kv heads at a
+// time are turned in registers; key by key otherwise. Key by key always, this
+// was 6% of an int8 step (32K tokens, one thread); gathers (16 keys of one kv
+// head per instruction) were as slow; checking the scales' spacing key by
+// key here, about 1%.
 //   t: the block's n tokens; n_keys <= kBlock
 template <class D>
 HWY_INLINE void BlockScales(D, const AttentionProblem::TokenRows* HWY_RESTRICT t, int64_t n,
-                            int64_t n_keys, int64_t kv_heads, float* HWY_RESTRICT out) {
+                            bool adjacent, int64_t n_keys, int64_t kv_heads,
+                            float* HWY_RESTRICT out) {
   int64_t j0 = 0;  // keys below j0 are done
 #if HWY_TARGET == HWY_AVX3
   const float* base = t[0].scales;
-  bool even = base != nullptr && kv_heads % 8 == 0;
-  for (int64_t j = 1; even && j < n; ++j) even = t[j].scales == base + j * kv_heads;
+  const bool even = adjacent && base != nullptr && kv_heads % 8 == 0;
   for (; even && j0 + 16 <= n; j0 += 16) {
     for (int64_t h0 = 0; h0 < kv_heads; h0 += 8) {
       __m512i col[8];
@@ -176,6 +185,8 @@ HWY_INLINE void BlockScales(D, const AttentionProblem::TokenRows* HWY_RESTRICT t
       for (int c = 0; c < 8; ++c) _mm512_storeu_si512(out + (h0 + c) * kBlock + j0, col[c]);
     }
   }
+#else
+  (void)adjacent;
 #endif
   for (int64_t j = j0; j < n_keys; ++j) {
     const AttentionProblem::TokenRows& key = t[std::min(j, n - 1)];
