@@ -167,20 +167,28 @@ inline bool AttentionProblem::tokens(int64_t b, int64_t j0, int64_t n, TokenRows
   const char* v_pool = static_cast<const char*>(cache->v_data());
   const float* k_scales = cache->k_scales();
   const float* v_scales = cache->v_scales();
+  const int64_t k_bytes = head_dim * elem, v_bytes = head_dim_v * elem;
   int64_t page = j0 / page_size, at = j0 % page_size;
   bool adjacent = true;  // (heads are adjacent in the pools; pages may not be)
-  for (int64_t i = 0; i < n; ++i) {
+  // Page by page: within a page a token's rows lie kv_heads rows after the
+  // previous token's, so each run is a strided fill (a walk that found each
+  // token's slot anew was ~2% of an int8 step at 32K tokens).
+  for (int64_t i = 0; i < n; ++page, at = 0) {
+    const int64_t run = std::min(n - i, page_size - at);
     const int64_t slot = (static_cast<int64_t>(table[page]) * page_size + at) * kv_heads;
-    keys[i] = {k_pool + slot * head_dim * elem, k_scales ? k_scales + slot : nullptr, head_dim * elem};
+    if (i > 0) adjacent = adjacent && table[page] == table[page - 1] + 1;
+    for (int64_t t = 0; t < run; ++t) {
+      const int64_t at_slot = slot + t * kv_heads;
+      keys[i + t] = {k_pool + at_slot * k_bytes, k_scales ? k_scales + at_slot : nullptr, k_bytes};
+    }
     if (values) {
-      values[i] = {v_pool + slot * head_dim_v * elem, v_scales ? v_scales + slot : nullptr,
-                   head_dim_v * elem};
+      for (int64_t t = 0; t < run; ++t) {
+        const int64_t at_slot = slot + t * kv_heads;
+        values[i + t] = {v_pool + at_slot * v_bytes, v_scales ? v_scales + at_slot : nullptr,
+                         v_bytes};
+      }
     }
-    if (++at == page_size) {
-      at = 0;
-      ++page;
-      if (i + 1 < n) adjacent = adjacent && table[page] == table[page - 1] + 1;
-    }
+    i += run;
   }
   return adjacent;
 }
