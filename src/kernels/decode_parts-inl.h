@@ -171,25 +171,36 @@ class NextBlockPrefetch {
 //   out[h * kBlock + j] = the scale of key min(j, n - 1), kv head h, j < n_keys
 // (keys past n stand in for the padding). When the keys lie back to back
 // (`adjacent`, from AttentionProblem::tokens: their scales are [token][kv
-// head] floats) and kv_heads is a multiple of 8, 16 keys x 8 kv heads at a
-// time are turned in registers; key by key otherwise. Key by key always, this
-// was 6% of an int8 step (32K tokens, one thread); gathers (16 keys of one kv
-// head per instruction) were as slow; checking the scales' spacing key by
-// key here, about 1%.
+// head] floats) and kv_heads is a multiple of 8, 16 keys (AVX2: 8) x 8 kv
+// heads at a time are turned in registers; key by key otherwise. Key by key
+// always, this was 6% of an int8 step (AVX-512, 32K tokens, one thread) and
+// 2.8% of an AVX2 step's instructions; gathers (16 keys of one kv head per
+// instruction) were as slow; checking the scales' spacing key by key here,
+// about 1%.
 //   t: the block's n tokens; n_keys <= kBlock
 template <class D>
 HWY_INLINE void BlockScales(D, const AttentionProblem::TokenRows* HWY_RESTRICT t, int64_t n,
                             bool adjacent, int64_t n_keys, int64_t kv_heads,
                             float* HWY_RESTRICT out) {
   int64_t j0 = 0;  // keys below j0 are done
-#if HWY_TARGET == HWY_AVX3
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX2
   const float* base = t[0].scales;
   const bool even = adjacent && base != nullptr && kv_heads % 8 == 0;
-  for (; even && j0 + 16 <= n; j0 += 16) {
+  constexpr int64_t kKeys = HWY_TARGET == HWY_AVX3 ? 16 : 8;
+  for (; even && j0 + kKeys <= n; j0 += kKeys) {
     for (int64_t h0 = 0; h0 < kv_heads; h0 += 8) {
+      const int32_t* from = reinterpret_cast<const int32_t*>(base + j0 * kv_heads + h0);
+#if HWY_TARGET == HWY_AVX3
       __m512i col[8];
-      FirstColumns16x8(reinterpret_cast<const int32_t*>(base + j0 * kv_heads + h0), col, kv_heads);
+      FirstColumns16x8(from, col, kv_heads);
       for (int c = 0; c < 8; ++c) _mm512_storeu_si512(out + (h0 + c) * kBlock + j0, col[c]);
+#else
+      __m256i col[8];
+      Columns8x8(from, col, kv_heads);
+      for (int c = 0; c < 8; ++c) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (h0 + c) * kBlock + j0), col[c]);
+      }
+#endif
     }
   }
 #else

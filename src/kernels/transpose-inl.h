@@ -1,8 +1,9 @@
 // 16 x 16 (and 16 x 8) transposes of 32-bit elements in AVX-512 registers,
 // for the kernels that lay data out (bf16_forward.cpp and flash_forward.cpp
 // pack keys and Q panels, the AMX decode path turns a tile of scores around,
-// the int8 decode path a block's scales). Per-target code: only
-// the AVX3 pass of foreach_target defines it.
+// the int8 decode path a block's scales), and an 8 x 8 one in AVX2
+// registers (the int8 decode path's scales there). Per-target code: only
+// the AVX3 and AVX2 passes of foreach_target define them.
 
 #if defined(QKV_KERNELS_TRANSPOSE_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef QKV_KERNELS_TRANSPOSE_INL_H_
@@ -103,5 +104,41 @@ HWY_INLINE void FirstColumns16x8(const int32_t* HWY_RESTRICT c, __m512i col[8],
 }  // namespace qkv::internal
 HWY_AFTER_NAMESPACE();
 #endif  // HWY_TARGET == HWY_AVX3
+
+#if HWY_TARGET == HWY_AVX2
+#include <immintrin.h>
+
+HWY_BEFORE_NAMESPACE();
+namespace qkv::internal {
+namespace HWY_NAMESPACE {
+
+// col[j][t] = c[t][j] for 8 rows of 8 32-bit elements (rows `row_stride`
+// elements apart): pairs of rows interleaved by 32 bits, then by 64, which
+// leaves 4 x 4 blocks transposed within each 128-bit lane, then the lanes of
+// rows 0-3 and 4-7 joined. 24 shuffles.
+HWY_INLINE void Columns8x8(const int32_t* HWY_RESTRICT c, __m256i col[8], int64_t row_stride) {
+  __m256i r[8], a[8];
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + row_stride * k));
+  }
+  for (int n = 0; n < 2; ++n) {  // a[4n + i], lane L: column 4L + i of rows 4n .. 4n + 3
+    const __m256i* in = r + 4 * n;
+    const __m256i t0 = _mm256_unpacklo_epi32(in[0], in[1]), t1 = _mm256_unpackhi_epi32(in[0], in[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(in[2], in[3]), t3 = _mm256_unpackhi_epi32(in[2], in[3]);
+    a[4 * n + 0] = _mm256_unpacklo_epi64(t0, t2);
+    a[4 * n + 1] = _mm256_unpackhi_epi64(t0, t2);
+    a[4 * n + 2] = _mm256_unpacklo_epi64(t1, t3);
+    a[4 * n + 3] = _mm256_unpackhi_epi64(t1, t3);
+  }
+  for (int i = 0; i < 4; ++i) {
+    col[i] = _mm256_permute2x128_si256(a[i], a[4 + i], 0x20);
+    col[4 + i] = _mm256_permute2x128_si256(a[i], a[4 + i], 0x31);
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace qkv::internal
+HWY_AFTER_NAMESPACE();
+#endif  // HWY_TARGET == HWY_AVX2
 
 #endif  // QKV_KERNELS_TRANSPOSE_INL_H_
