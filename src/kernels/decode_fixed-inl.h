@@ -108,8 +108,10 @@ HWY_INLINE hn::Vec<D32> AddProductPairs(D32 d32, hn::Vec<D32> acc, V16 q, V16 k)
 #else
   (void)d32;
   // (The add as asm that writes acc's own register: from intrinsics GCC 12
-  // wrote each sum to the product's register and copied it back, 8 of the
-  // score loop's 32 instructions and 8 of the P.V loop's.)
+  // wrote each sum of the score loop to the product's register and copied
+  // it back, 8 of the loop's 32 instructions; callgrind, 4K tokens, 23
+  // steps: 310 -> 289 M instructions. The same speed on the Intel VM, whose
+  // cores drop the copies at rename.)
   __m256i sum = acc.raw;
   asm("vpaddd %1, %0, %0" : "+x"(sum) : "x"(_mm256_madd_epi16(q.raw, k.raw)));
   return hn::Vec<D32>{sum};
