@@ -146,6 +146,9 @@ class NextBlockPrefetch {
       // The usual call: a few lines, all inside the current span (the loop
       // below cost ~60 instructions per call, for one to three requests).
       if (at < count && c + 64 * n < spans[at].end) {
+        // (Four requests per loop step: a request and its loop's counting
+        // were 5 instructions, ~9% of a float16 step's on AVX2.)
+#pragma GCC unroll 4
         for (int64_t i = 0; i < n; ++i) PrefetchToL2(c + 64 * i);
         cur = c + 64 * n;
         return n;
@@ -154,6 +157,7 @@ class NextBlockPrefetch {
       while (done < n && at < count) {
         const char* end = spans[at].end;
         const int64_t m = std::min<int64_t>(n - done, (end - c + 63) / 64);
+#pragma GCC unroll 4
         for (int64_t i = 0; i < m; ++i) PrefetchToL2(c + 64 * i);
         c += 64 * m;
         done += m;
