@@ -178,11 +178,14 @@ HWY_INLINE void ValueBlock(D d, const float* HWY_RESTRICT p, HeadRows v_rows,
     const V a = hn::Set(d, alpha[r]);
     for (int v = 0; v < kVecs; ++v) o[r][v] = hn::Mul(a, hn::Load(d, acc + r * acc_stride + c + v * N));
   }
+  // Passes of fewer than 4 vectors (AVX2's, 16 columns) take twice the keys
+  // per batch: their keys cost half or less.
+  constexpr int64_t kBatch = kVecs >= 4 ? kKeysPerRequest : 2 * kKeysPerRequest;
   // (n >= 1: a do-while, see ScoreKeysPass.)
   int64_t j0 = 0;
   do {
-    prefetch.Issue(kKeysPerRequest * prefetch_per_key);
-    for (int64_t j = j0; j < std::min(n, j0 + kKeysPerRequest); ++j) {
+    prefetch.Issue(kBatch * prefetch_per_key);
+    for (int64_t j = j0; j < std::min(n, j0 + kBatch); ++j) {
       V vj[kVecs];
       for (int v = 0; v < kVecs; ++v) vj[v] = LoadAsFloat<kDtype>(d, v_rows[j], c + v * N);
       for (int r = 0; r < kRows; ++r) {
@@ -190,7 +193,7 @@ HWY_INLINE void ValueBlock(D d, const float* HWY_RESTRICT p, HeadRows v_rows,
         for (int v = 0; v < kVecs; ++v) o[r][v] = hn::MulAdd(pr, vj[v], o[r][v]);
       }
     }
-    j0 += kKeysPerRequest;
+    j0 += kBatch;
   } while (j0 < n);
   for (int r = 0; r < kRows; ++r) {
     for (int v = 0; v < kVecs; ++v) hn::Store(o[r][v], d, acc + r * acc_stride + c + v * N);
