@@ -212,6 +212,23 @@ TEST_F(Bf16Flash, LargeLogits) {
   check_all(cases);
 }
 
+TEST_F(Bf16Flash, HugeLogitsStayFinite) {
+  // Scores up to 1e20, whole key blocks and no options: the plain softmax
+  // path, which folds the scale into its passes. A max taken of rounded
+  // products but subtracted from fused ones (scale * s - m in one FMA) left
+  // the top key's exponent off by half an ulp of the product: Inf, or a row
+  // of zero weights and lse = -inf, from logits of about 1e10.
+  std::vector<Case> cases;
+  uint32_t seed = 620;
+  for (float logits : {1e6f, 1e10f, 1e20f}) {
+    cases.push_back(Case().seq_q(8).seq_kv(256).heads(4).kv_heads(1).head_dim(64).logits(logits));
+    cases.push_back(Case().seq_q(8).seq_kv(409).heads(4).kv_heads(1).head_dim(1).logits(logits));
+    cases.push_back(Case().seq_q(20).seq_kv(256).heads(2).head_dim(128).logits(logits).threads(2));
+  }
+  for (Case& c : cases) c.seed(seed++);
+  check_all(cases);
+}
+
 TEST_F(Bf16Flash, LongSequencesInSeveralPackRounds) {
   // 6 kv heads of 5000 keys at head_dim 128: about 2.5 MiB packed each, so
   // the 8 MiB pack budget takes them in rounds; at head_dim 256, 4200 keys

@@ -267,6 +267,13 @@ void PackKeys(const AttentionProblem& p, const Geometry& g, int64_t b, int64_t h
                   });
 }
 
+// x as computed so far, rounded: the compiler cannot fuse the operation that
+// made it into the one that uses it (an empty asm that may change x).
+template <class V>
+HWY_INLINE void RoundedHere(V& x) {
+  asm("" : "+v"(x.raw));
+}
+
 // OnlineSoftmaxRow (online_softmax-inl.h) for the scores scale * s[0, n_pad),
 // with P written as bf16 instead of fp32 in place: hi[j] = p_j rounded to
 // bf16; with kSplit, two terms: hi[j] = p_j truncated to bf16 (exact), lo[j]
@@ -304,8 +311,11 @@ HWY_INLINE float SoftmaxRowToBf16(D d, const ScoreUnits& units, const float* HWY
   const auto high_half = hn::Set(du, 0xffff0000u);
   V sum0 = hn::Zero(d), sum1 = hn::Zero(d);
   for (int64_t j = 0; j < n_pad; j += 32) {
-    V x0 = hn::Sub(hn::Mul(hn::Load(d, s + j), vscale), vm);
-    V x1 = hn::Sub(hn::Mul(hn::Load(d, s + j + 16), vscale), vm);
+    V x0 = hn::Mul(hn::Load(d, s + j), vscale), x1 = hn::Mul(hn::Load(d, s + j + 16), vscale);
+    RoundedHere(x0);
+    RoundedHere(x1);
+    x0 = hn::Sub(x0, vm);
+    x1 = hn::Sub(x1, vm);
     if (!log2_units) {
       x0 = hn::Mul(x0, to_log2);
       x1 = hn::Mul(x1, to_log2);
