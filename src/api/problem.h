@@ -112,6 +112,21 @@ struct AttentionProblem {
   // adjacent: the keys' rows (and the values', and an int8 cache's scales)
   // one contiguous run each, token by token and head by head.
   bool tokens(int64_t b, int64_t j0, int64_t n, TokenRows* keys, TokenRows* values) const;
+  // out[t] for t < n: rows from data + t * step, scales from scales + t *
+  // scale_step (null: none). Not vectorized: GCC made the offsets 64-bit
+  // vector multiplies (vpmullq) and took each struct's fields back out of
+  // the vectors to store them, ~1.6% of an int8 step at 32K tokens.
+#if defined(__GNUC__) && !defined(__clang__)
+  __attribute__((optimize("no-tree-vectorize")))
+#endif
+  static void Fill(TokenRows* out, int64_t n, const char* data, int64_t step, const float* scales,
+                   int64_t scale_step, int64_t head_bytes) {
+    for (int64_t t = 0; t < n; ++t) {
+      out[t] = {data, scales, head_bytes};
+      data += step;
+      if (scales) scales += scale_step;
+    }
+  }
   bool has_alibi() const { return alibi != nullptr; }
   bool has_mask() const { return mask != nullptr; }
   float alibi_slope(int64_t b, int64_t h) const {
@@ -177,16 +192,11 @@ inline bool AttentionProblem::tokens(int64_t b, int64_t j0, int64_t n, TokenRows
     const int64_t run = std::min(n - i, page_size - at);
     const int64_t slot = (static_cast<int64_t>(table[page]) * page_size + at) * kv_heads;
     if (i > 0) adjacent = adjacent && table[page] == table[page - 1] + 1;
-    for (int64_t t = 0; t < run; ++t) {
-      const int64_t at_slot = slot + t * kv_heads;
-      keys[i + t] = {k_pool + at_slot * k_bytes, k_scales ? k_scales + at_slot : nullptr, k_bytes};
-    }
+    Fill(keys + i, run, k_pool + slot * k_bytes, kv_heads * k_bytes,
+         k_scales ? k_scales + slot : nullptr, kv_heads, k_bytes);
     if (values) {
-      for (int64_t t = 0; t < run; ++t) {
-        const int64_t at_slot = slot + t * kv_heads;
-        values[i + t] = {v_pool + at_slot * v_bytes, v_scales ? v_scales + at_slot : nullptr,
-                         v_bytes};
-      }
+      Fill(values + i, run, v_pool + slot * v_bytes, kv_heads * v_bytes,
+           v_scales ? v_scales + slot : nullptr, kv_heads, v_bytes);
     }
     i += run;
   }
