@@ -415,6 +415,31 @@ TEST(Flash, LargeLogitsMatchTheReference) {
   check_all(cases);
 }
 
+TEST(Flash, HugeLogitsStayFinite) {
+  // Scores of 1e10 and 1e20 in magnitude (float32: float16 inputs would
+  // overflow first): the flash kernel on every target, and the decode kernel
+  // on one and two query rows per kv head group; finite, and within the rule.
+  std::vector<Case> cases;
+  uint32_t seed = 1600;
+  for (float logits : {1e10f, 1e20f}) {
+    cases.push_back(Case().seq_q(8).seq_kv(256).heads(4).kv_heads(1).head_dim(64).logits(logits));
+    cases.push_back(Case().seq_q(20).seq_kv(300).heads(2).head_dim(128).logits(logits).causal());
+    cases.push_back(Case().seq_q(9).seq_kv(130).heads(2).logits(logits).sinks().alibi());
+  }
+  for (Case& c : cases) c.seed(seed++);
+  check_all(cases);
+  for (float logits : {1e10f, 1e20f}) {
+    for (int64_t seq_q : {1, 2}) {
+      const Case c = Case().seq_q(seq_q).seq_kv(700).heads(8).kv_heads(2).head_dim(128)
+                         .logits(logits).causal().seed(seed++);
+      Workload w(c);
+      const Result ref = w.run(Backend::kReference);
+      EXPECT_TRUE(within_tolerance(c, "decode", w.run(Backend::kDecode), ref, w.naive(),
+                                   w.max_abs_v()));
+    }
+  }
+}
+
 TEST(Flash, WithoutLse) {
   check_all({Case().seq(40).no_lse(), Case().seq_q(30).seq_kv(9).causal().no_lse().allow_all_empty(),
              Case().seq(33).sinks().tiles(kBlockQ, kBlockKv).no_lse()});
