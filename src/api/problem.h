@@ -112,21 +112,6 @@ struct AttentionProblem {
   // adjacent: the keys' rows (and the values', and an int8 cache's scales)
   // one contiguous run each, token by token and head by head.
   bool tokens(int64_t b, int64_t j0, int64_t n, TokenRows* keys, TokenRows* values) const;
-  // out[t] for t < n: rows from data + t * step, scales from scales + t *
-  // scale_step (null: none). Not vectorized: GCC made the offsets 64-bit
-  // vector multiplies (vpmullq) and took each struct's fields back out of
-  // the vectors to store them, ~1.6% of an int8 step at 32K tokens.
-#if defined(__GNUC__) && !defined(__clang__)
-  __attribute__((optimize("no-tree-vectorize")))
-#endif
-  static void Fill(TokenRows* out, int64_t n, const char* data, int64_t step, const float* scales,
-                   int64_t scale_step, int64_t head_bytes) {
-    for (int64_t t = 0; t < n; ++t) {
-      out[t] = {data, scales, head_bytes};
-      data += step;
-      if (scales) scales += scale_step;
-    }
-  }
   bool has_alibi() const { return alibi != nullptr; }
   bool has_mask() const { return mask != nullptr; }
   float alibi_slope(int64_t b, int64_t h) const {
@@ -159,17 +144,33 @@ inline AttentionProblem::Row AttentionProblem::value_row(int64_t b, int64_t j, i
           scales ? scales[slot] : 1.0f};
 }
 
+// out[t] for t < n: rows from data + t * step, scales from scales + t *
+// scale_step (null: none), each head_bytes per kv head. Not vectorized: GCC
+// made the offsets 64-bit vector multiplies (vpmullq) and took each entry's
+// fields back out of the vectors to store them, ~1.6% of an int8 step at 32K
+// tokens.
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-vectorize")))
+#endif
+inline void FillTokenRows(AttentionProblem::TokenRows* out, int64_t n, const char* data,
+                          int64_t step, const float* scales, int64_t scale_step,
+                          int64_t head_bytes) {
+  for (int64_t t = 0; t < n; ++t) {
+    out[t] = {data, scales, head_bytes};
+    data += step;
+    if (scales) scales += scale_step;
+  }
+}
+
 inline bool AttentionProblem::tokens(int64_t b, int64_t j0, int64_t n, TokenRows* keys,
                                      TokenRows* values) const {
   const int64_t elem = static_cast<int64_t>(dtype_size(kv_dtype));
   if (cache == nullptr) {
-    for (int64_t i = 0; i < n; ++i) {
-      keys[i] = {static_cast<const char*>(k) + k_stride.offset(b, j0 + i, 0) * elem, nullptr,
-                 k_stride.head * elem};
-      if (values) {
-        values[i] = {static_cast<const char*>(v) + v_stride.offset(b, j0 + i, 0) * elem, nullptr,
-                     v_stride.head * elem};
-      }
+    FillTokenRows(keys, n, static_cast<const char*>(k) + k_stride.offset(b, j0, 0) * elem,
+                  k_stride.seq * elem, nullptr, 0, k_stride.head * elem);
+    if (values) {
+      FillTokenRows(values, n, static_cast<const char*>(v) + v_stride.offset(b, j0, 0) * elem,
+                    v_stride.seq * elem, nullptr, 0, v_stride.head * elem);
     }
     const auto packed = [&](const Bshd& s, int64_t dim) {
       return (kv_heads == 1 || s.head == dim) && (n <= 1 || s.seq == kv_heads * dim);
@@ -192,10 +193,10 @@ inline bool AttentionProblem::tokens(int64_t b, int64_t j0, int64_t n, TokenRows
     const int64_t run = std::min(n - i, page_size - at);
     const int64_t slot = (static_cast<int64_t>(table[page]) * page_size + at) * kv_heads;
     if (i > 0) adjacent = adjacent && table[page] == table[page - 1] + 1;
-    Fill(keys + i, run, k_pool + slot * k_bytes, kv_heads * k_bytes,
+    FillTokenRows(keys + i, run, k_pool + slot * k_bytes, kv_heads * k_bytes,
          k_scales ? k_scales + slot : nullptr, kv_heads, k_bytes);
     if (values) {
-      Fill(values + i, run, v_pool + slot * v_bytes, kv_heads * v_bytes,
+      FillTokenRows(values + i, run, v_pool + slot * v_bytes, kv_heads * v_bytes,
            v_scales ? v_scales + slot : nullptr, kv_heads, v_bytes);
     }
     i += run;
