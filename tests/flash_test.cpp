@@ -9,8 +9,12 @@
 // strided layouts, overflow-size logits, thread counts, masked tiles.
 #include <cfloat>
 #include <cmath>
+#include <fstream>
 #include <random>
+#include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
@@ -390,6 +394,37 @@ TEST(Flash, HeadsPastTheL2TakeLargerTilesAndWholePairs) {
              Case().seq_q(500).seq_kv(2400).heads(2).head_dim(4).head_dim_v(3).threads(2)});
   internal::set_l2_cache_bytes_for_test(int64_t{256} << 10);
   check_all({Case().batch(4).seq(1800).heads(4).head_dim(4).causal().threads(2)});
+}
+
+TEST(Caches, SizesAsSysfsWritesThem) {
+  EXPECT_EQ(internal::parse_cache_size("2048K"), int64_t{2} << 20);
+  EXPECT_EQ(internal::parse_cache_size("1M"), int64_t{1} << 20);
+  EXPECT_EQ(internal::parse_cache_size("48K\n"), int64_t{48} << 10);
+  EXPECT_EQ(internal::parse_cache_size("524288"), int64_t{512} << 10);
+  EXPECT_EQ(internal::parse_cache_size(""), -1);
+  EXPECT_EQ(internal::parse_cache_size("K"), -1);
+  EXPECT_EQ(internal::parse_cache_size("12Q"), -1);
+  EXPECT_EQ(internal::parse_cache_size("99999999999999999999K"), -1);
+}
+
+TEST(Caches, L2IsTheOneTheSystemDescribes) {
+  // Where Linux's sysfs lists a level-2 cache of cpu0, l2_cache_bytes() is the
+  // C library's size or that one, never the 512 KiB stand-in (glibc on 64-bit
+  // Arm reports 0: make test-arm runs this there).
+  int64_t sysfs = -1;
+  for (int i = 0; i < 16 && sysfs < 0; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    std::ifstream level(dir + "level"), type(dir + "type"), size(dir + "size");
+    std::string l, t, z;
+    if (!std::getline(level, l)) break;
+    std::getline(type, t);
+    std::getline(size, z);
+    if (l == "2" && (t == "Unified" || t == "Data")) sysfs = internal::parse_cache_size(z);
+  }
+  if (sysfs < (int64_t{64} << 10) || sysfs > (int64_t{64} << 20)) GTEST_SKIP() << "no plausible L2 in sysfs";
+  const int64_t libc = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  const int64_t got = internal::l2_cache_bytes();
+  EXPECT_TRUE(got == sysfs || got == libc) << got << " bytes; sysfs " << sysfs << ", sysconf " << libc;
 }
 
 TEST(Flash, LargeLogitsMatchTheReference) {

@@ -123,23 +123,24 @@ HWY_INLINE void StoreRowScaled(const float* HWY_RESTRICT in, int64_t n, float sc
     }
     case DType::kFloat16: {
       hwy::float16_t* dst = static_cast<hwy::float16_t*>(row);
+      uint16_t* dst_bits = reinterpret_cast<uint16_t*>(dst);  // (Arm: float16_t is __fp16)
 #if (HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2) || HWY_ARCH_ARM
       // Hardware conversion (F16C, NEON) rounds to nearest even; Highway's
       // emulation on other targets truncates, so those take the scalar path.
       const hn::Rebind<hwy::float16_t, decltype(d)> dh;
       const hn::Rebind<uint16_t, decltype(d)> du16;
       if (lines.end > lines.lead) {
-        for (; i < lines.lead; ++i) dst[i].bits = f16_from_f32(in[i] * scale);
+        for (; i < lines.lead; ++i) dst_bits[i] = f16_from_f32(in[i] * scale);
         for (; i < lines.end; i += N) {
           hn::Stream(hn::BitCast(du16, hn::DemoteTo(dh, hn::Mul(hn::LoadU(d, in + i), vscale))), du16,
-                     reinterpret_cast<uint16_t*>(dst) + i);
+                     dst_bits + i);
         }
       }
       for (; i + N <= n; i += N) {
         hn::StoreU(hn::DemoteTo(dh, hn::Mul(hn::LoadU(d, in + i), vscale)), dh, dst + i);
       }
 #endif
-      for (; i < n; ++i) dst[i].bits = f16_from_f32(in[i] * scale);
+      for (; i < n; ++i) dst_bits[i] = f16_from_f32(in[i] * scale);
       break;
     }
     case DType::kBFloat16: {
@@ -156,11 +157,11 @@ HWY_INLINE void StoreRowScaled(const float* HWY_RESTRICT in, int64_t n, float sc
         return hn::DemoteTo(du16, hn::BitCast(di, rounded));
       };
       if (lines.end > lines.lead) {
-        for (; i < lines.lead; ++i) dst[i].bits = bf16_from_f32(in[i] * scale);
+        for (; i < lines.lead; ++i) bits_out[i] = bf16_from_f32(in[i] * scale);
         for (; i < lines.end; i += N) hn::Stream(rounded_bf16(i), du16, bits_out + i);
       }
       for (; i + N <= n; i += N) hn::StoreU(rounded_bf16(i), du16, bits_out + i);
-      for (; i < n; ++i) dst[i].bits = bf16_from_f32(in[i] * scale);
+      for (; i < n; ++i) bits_out[i] = bf16_from_f32(in[i] * scale);
       break;
     }
     case DType::kInt8:

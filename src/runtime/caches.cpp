@@ -3,11 +3,57 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
+#include <fstream>
+#include <string>
 
 namespace qkv::internal {
 namespace {
 std::atomic<int64_t> g_l2_for_test{0};
+
+constexpr bool Plausible(int64_t bytes) {
+  // Some VMs and libcs report 0 or nonsense: keep to 64 KiB .. 64 MiB.
+  return bytes >= (int64_t{64} << 10) && bytes <= (int64_t{64} << 20);
+}
+
+std::string ReadLine(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+// The L2 as Linux's sysfs describes cpu0's caches (index0, index1, ...: each a
+// level, a type and a size), -1 where it has none. The C library reports
+// nothing on 64-bit Arm (glibc's sysconf gives 0 there), sysfs does.
+int64_t SysfsL2Bytes() {
+  for (int i = 0; i < 16; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    const std::string level = ReadLine(dir + "level");
+    if (level.empty()) break;
+    const std::string type = ReadLine(dir + "type");
+    if (level == "2" && (type == "Unified" || type == "Data")) return parse_cache_size(ReadLine(dir + "size"));
+  }
+  return -1;
+}
 }  // namespace
+
+int64_t parse_cache_size(std::string_view text) {
+  int64_t value = 0;
+  size_t i = 0;
+  for (; i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])); ++i) {
+    if (value > (int64_t{1} << 40)) return -1;
+    value = value * 10 + (text[i] - '0');
+  }
+  if (i == 0) return -1;
+  std::string_view unit = text.substr(i);
+  while (!unit.empty() && std::isspace(static_cast<unsigned char>(unit.back()))) unit.remove_suffix(1);
+  if (unit.empty()) return value;
+  if (unit == "K" || unit == "k") return value << 10;
+  if (unit == "M") return value << 20;
+  if (unit == "G") return value << 30;
+  return -1;
+}
 
 void set_l2_cache_bytes_for_test(int64_t bytes) { g_l2_for_test.store(bytes); }
 
@@ -15,12 +61,13 @@ int64_t l2_cache_bytes() {
   if (const int64_t forced = g_l2_for_test.load(std::memory_order_relaxed); forced > 0) return forced;
   static const int64_t bytes = [] {
     constexpr int64_t kFallback = int64_t{512} << 10;
-    int64_t reported = -1;
 #ifdef _SC_LEVEL2_CACHE_SIZE
-    reported = static_cast<int64_t>(sysconf(_SC_LEVEL2_CACHE_SIZE));
+    if (const int64_t reported = static_cast<int64_t>(sysconf(_SC_LEVEL2_CACHE_SIZE)); Plausible(reported)) {
+      return reported;
+    }
 #endif
-    // Some VMs and libcs report 0 or nonsense: keep to 64 KiB .. 64 MiB.
-    return reported >= (int64_t{64} << 10) && reported <= (int64_t{64} << 20) ? reported : kFallback;
+    const int64_t sysfs = SysfsL2Bytes();
+    return Plausible(sysfs) ? sysfs : kFallback;
   }();
   return bytes;
 }

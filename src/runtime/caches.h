@@ -3,12 +3,18 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 namespace qkv::internal {
 
-// Bytes of one core's L2 cache, as the C library reports it (sysconf), read
-// once; 512 KiB where it reports nothing plausible.
+// Bytes of one core's L2 cache, read once: as the C library reports it
+// (sysconf), else as Linux's sysfs describes cpu0's caches (64-bit Arm, where
+// glibc reports none), else 512 KiB. Values outside 64 KiB .. 64 MiB count as
+// none.
 int64_t l2_cache_bytes();
+
+// A sysfs cache size ("2048K", "1M", "512"): bytes, or -1 where it is not one.
+int64_t parse_cache_size(std::string_view text);
 
 // Tests: l2_cache_bytes() returns `bytes` from now on (0: the detected size
 // again), so that small shapes take the tile and schedule choices of large ones.
