@@ -147,6 +147,25 @@ TEST(Exp2, EveryNonPositiveFloatOnEveryTarget) {
   }
 }
 
+TEST(Exp2, WorkersFlushDenormals) {
+  // ScopedFlushDenormals (x86 MXCSR FTZ+DAZ, 64-bit Arm FPCR.FZ): a product
+  // below 2^-126 is 0 inside it, a denormal input reads as 0, and both are
+  // as before after it.
+  volatile float tiny = 1e-30f, small = 1e-10f;
+  volatile float denormal = std::ldexp(1.0f, -140);
+  const auto product = [&] { return tiny * small; };
+  const auto doubled = [&] { return denormal * 2.0f; };
+  ASSERT_NE(product(), 0.0f);
+  ASSERT_NE(doubled(), 0.0f);
+  {
+    const ScopedFlushDenormals flush_denormals;
+    EXPECT_EQ(product(), 0.0f);
+    EXPECT_EQ(doubled(), 0.0f);
+  }
+  EXPECT_NE(product(), 0.0f);
+  EXPECT_NE(doubled(), 0.0f);
+}
+
 TEST(Exp2, SpecialArguments) {
   struct Restore {
     ~Restore() { flash_force_target(0); }

@@ -58,13 +58,14 @@ struct HeadRows {
   const void* operator[](int64_t j) const { return base[j] + offset; }
 };
 
-// Software prefetch of one cache line into L2 (where the target has no
-// such hint, Highway's prefetch).
+// Software prefetch of one cache line into L2 (x86 `prefetcht1`; on other
+// architectures the compiler's hint of the same locality, e.g. 64-bit Arm's
+// `prfm pldl2keep`).
 HWY_INLINE void PrefetchToL2(const char* p) {
 #if HWY_ARCH_X86
   _mm_prefetch(p, _MM_HINT_T1);
 #else
-  hwy::Prefetch(p);
+  __builtin_prefetch(p, 0, 2);
 #endif
 }
 

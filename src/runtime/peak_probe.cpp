@@ -1,6 +1,6 @@
-// FMA peak probe: each thread runs 12 independent accumulator chains (enough
-// to cover 2 FMA pipes x 4-6 cycles of latency on current x86 and Arm cores)
-// for a fixed number of iterations; best of several repetitions.
+// FMA peak probe: each thread runs independent accumulator chains (kChains,
+// enough to cover the FMA pipes' latency) for a fixed number of iterations;
+// best of several repetitions.
 #include "runtime/peak_probe.h"
 
 #include <omp.h>
@@ -20,27 +20,34 @@ namespace qkv::internal {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// Independent accumulator chains per thread: 12 cover 2 FMA pipes x 4-6
+// cycles of latency (x86); 64-bit Arm cores with four FMA pipes of 4 cycles
+// (Neoverse V1/V2, Apple M) need 16, and have 32 vector registers for 24.
+#if HWY_ARCH_ARM_A64
+constexpr int kChains = 24;
+#else
+constexpr int kChains = 12;
+#endif
+
 // Returns flops done; `sink` keeps the result alive.
 HWY_NOINLINE double FmaChains(int64_t iterations, float* sink) {
   const hn::ScalableTag<float> d;
   using V = hn::Vec<decltype(d)>;
   const V a = hn::Set(d, 0.999999f), b = hn::Set(d, 1e-7f);
   // Distinct starting values: identical chains would be merged by the compiler.
-  V c0 = hn::Set(d, 1.00f), c1 = hn::Set(d, 1.01f), c2 = hn::Set(d, 1.02f);
-  V c3 = hn::Set(d, 1.03f), c4 = hn::Set(d, 1.04f), c5 = hn::Set(d, 1.05f);
-  V c6 = hn::Set(d, 1.06f), c7 = hn::Set(d, 1.07f), c8 = hn::Set(d, 1.08f);
-  V c9 = hn::Set(d, 1.09f), c10 = hn::Set(d, 1.10f), c11 = hn::Set(d, 1.11f);
-  for (int64_t i = 0; i < iterations; ++i) {
-    c0 = hn::MulAdd(c0, a, b); c1 = hn::MulAdd(c1, a, b); c2 = hn::MulAdd(c2, a, b);
-    c3 = hn::MulAdd(c3, a, b); c4 = hn::MulAdd(c4, a, b); c5 = hn::MulAdd(c5, a, b);
-    c6 = hn::MulAdd(c6, a, b); c7 = hn::MulAdd(c7, a, b); c8 = hn::MulAdd(c8, a, b);
-    c9 = hn::MulAdd(c9, a, b); c10 = hn::MulAdd(c10, a, b); c11 = hn::MulAdd(c11, a, b);
+  V c[kChains];
+#pragma GCC unroll 24
+  for (int i = 0; i < kChains; ++i) c[i] = hn::Set(d, 1.0f + 0.01f * static_cast<float>(i));
+  // c += a * b: the chain is the addend, which Arm's fmla updates in place
+  // (as c * a + b, each fmla needed two register copies of b around it).
+  for (int64_t it = 0; it < iterations; ++it) {
+#pragma GCC unroll 24
+    for (int i = 0; i < kChains; ++i) c[i] = hn::MulAdd(a, b, c[i]);
   }
-  const V sum = hn::Add(hn::Add(hn::Add(c0, c1), hn::Add(c2, c3)),
-                        hn::Add(hn::Add(hn::Add(c4, c5), hn::Add(c6, c7)),
-                                hn::Add(hn::Add(c8, c9), hn::Add(c10, c11))));
-  *sink = hn::GetLane(sum);
-  return 12.0 * 2.0 * static_cast<double>(hn::Lanes(d)) * static_cast<double>(iterations);
+#pragma GCC unroll 24
+  for (int i = 1; i < kChains; ++i) c[0] = hn::Add(c[0], c[i]);
+  *sink = hn::GetLane(c[0]);
+  return kChains * 2.0 * static_cast<double>(hn::Lanes(d)) * static_cast<double>(iterations);
 }
 
 double MeasureFmaPeak(int threads) {

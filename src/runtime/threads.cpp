@@ -19,13 +19,18 @@ int resolve_threads(int requested) {
 ScopedFlushDenormals::ScopedFlushDenormals() {
 #ifdef QKV_HAVE_MXCSR
   saved_ = _mm_getcsr();
-  _mm_setcsr(saved_ | 0x8040);  // FTZ (bit 15) | DAZ (bit 6)
+  _mm_setcsr(static_cast<unsigned>(saved_) | 0x8040);  // FTZ (bit 15) | DAZ (bit 6)
+#elif defined(__aarch64__)
+  asm volatile("mrs %0, fpcr" : "=r"(saved_));
+  asm volatile("msr fpcr, %0" : : "r"(saved_ | (uint64_t{1} << 24)));  // FZ: inputs and results
 #endif
 }
 
 ScopedFlushDenormals::~ScopedFlushDenormals() {
 #ifdef QKV_HAVE_MXCSR
-  _mm_setcsr(saved_);
+  _mm_setcsr(static_cast<unsigned>(saved_));
+#elif defined(__aarch64__)
+  asm volatile("msr fpcr, %0" : : "r"(saved_));
 #endif
 }
 

@@ -1,6 +1,8 @@
 // Thread-count policy shared by every parallel kernel.
 #pragma once
 
+#include <cstdint>
+
 namespace qkv::internal {
 
 // 0 = all the process may use. Inside an enclosing parallel region the answer
@@ -8,7 +10,8 @@ namespace qkv::internal {
 int resolve_threads(int requested);
 
 // Sets flush-to-zero and denormals-are-zero for the calling thread and
-// restores the previous state on destruction.
+// restores the previous state on destruction (x86: MXCSR's FTZ and DAZ;
+// 64-bit Arm: FPCR's FZ, which does both).
 class ScopedFlushDenormals {
  public:
   ScopedFlushDenormals();
@@ -17,7 +20,7 @@ class ScopedFlushDenormals {
   ScopedFlushDenormals& operator=(const ScopedFlushDenormals&) = delete;
 
  private:
-  unsigned saved_ = 0;
+  uint64_t saved_ = 0;  // MXCSR or FPCR as it was
 };
 
 }  // namespace qkv::internal
