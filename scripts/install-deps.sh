@@ -6,10 +6,16 @@ set -euo pipefail
 # --arm64: what `make test-arm` needs instead: a cross compiler for 64-bit Arm,
 # the arm64 builds of the libraries (Debian multiarch: adds the architecture),
 # and qemu-user to run the tests.
+# --clang: what `make test-clang` adds: Clang and its OpenMP runtime.
 arm64=false
+clang=false
 [ "${1:-}" = "--arm64" ] && arm64=true
+[ "${1:-}" = "--clang" ] && clang=true
 
-if $arm64; then
+if $clang; then
+  packages=(cmake make pkg-config clang libomp-dev libhwy-dev libgtest-dev libcli11-dev
+            libopenblas-dev libbenchmark-dev)
+elif $arm64; then
   packages=(
     cmake make pkg-config
     g++-aarch64-linux-gnu qemu-user

@@ -98,7 +98,7 @@ TEST(Reference, CausalRows) {
     Workload w_br(br);
     expect_uniform_over_visible(
         w_br, w_br.run(Backend::kReference),
-        [&](int64_t, int64_t, int64_t i, int64_t j) { return j <= i + sk - sq; });
+        [&, d = sk - sq](int64_t, int64_t, int64_t i, int64_t j) { return j <= i + d; });
     const Case tl = Case().seq_q(sq).seq_kv(sk).scale(0).causal(CausalAlign::kTopLeft);
     Workload w_tl(tl);
     expect_uniform_over_visible(w_tl, w_tl.run(Backend::kReference),
@@ -128,9 +128,9 @@ TEST(Reference, Window) {
       Workload w(c);
       const int64_t diag = sk - sq;
       expect_uniform_over_visible(w, w.run(Backend::kReference),
-                                  [&](int64_t, int64_t, int64_t i, int64_t j) {
-                                    return (left < 0 || j >= i + diag - left) &&
-                                           (right < 0 || j <= i + diag + right);
+                                  [&, l = left, r = right](int64_t, int64_t, int64_t i, int64_t j) {
+                                    return (l < 0 || j >= i + diag - l) &&
+                                           (r < 0 || j <= i + diag + r);
                                   });
     }
   }

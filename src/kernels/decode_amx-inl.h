@@ -40,6 +40,7 @@
 #include <cstring>
 
 #include "hwy/highway.h"
+#include "kernels/target_attributes.h"
 #include "kernels/decode_parts-inl.h"
 #include "kernels/amx_scope.h"
 #include "kernels/transpose-inl.h"
@@ -57,7 +58,7 @@ inline constexpr int64_t kAmxKeys = 16;      // keys per score tile
 inline constexpr int64_t kAmxDims = 64;      // head_dim per score product
 inline constexpr int64_t kAmxTileBytes = 1024;
 
-HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",amx-tile,amx-int8")
+QKV_PUSH_EXTRA_TARGET(",amx-tile,amx-int8")
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -290,7 +291,7 @@ inline void BlockScoresAmx(const AmxGroups& a, const char* const* k_tokens, int6
 }
 
 #pragma GCC diagnostic pop
-HWY_POP_ATTRIBUTES
+QKV_POP_EXTRA_TARGET
 
 }  // namespace decode_parts
 }  // namespace HWY_NAMESPACE

@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "hwy/highway.h"
+#include "kernels/target_attributes.h"
 #include "kernels/decode_parts-inl.h"
 
 #if HWY_ARCH_X86 && (defined(__GNUC__) || defined(__clang__))
@@ -92,7 +93,7 @@ HWY_INLINE void QuantizeRow16(const float* HWY_RESTRICT x, int64_t n, float limi
 // (GCC 12 sees the undefined vector some intrinsics start from as an
 // uninitialized read.)
 #if HWY_TARGET == HWY_AVX3
-HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",avx512vnni")
+QKV_PUSH_EXTRA_TARGET(",avx512vnni")
 #endif
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -256,7 +257,7 @@ HWY_INLINE void ValueBlockFixed(const int16_t* HWY_RESTRICT p16, const float* HW
 }
 #pragma GCC diagnostic pop
 #if HWY_TARGET == HWY_AVX3
-HWY_POP_ATTRIBUTES
+QKV_POP_EXTRA_TARGET
 #endif
 #endif  // QKV_DECODE_FIXED_TARGET
 
@@ -264,7 +265,7 @@ HWY_POP_ATTRIBUTES
 // acc = alpha * acc + P.V over the block's n keys for every row, rows in
 // groups of kValueRows, columns in passes of kFixedColumns.
 #if HWY_TARGET == HWY_AVX3
-HWY_PUSH_ATTRIBUTES(HWY_TARGET_STR ",avx512vnni")
+QKV_PUSH_EXTRA_TARGET(",avx512vnni")
 #endif
 inline HWY_NOINLINE void AccumulateValuesFixed(const Layout& g, int64_t n,
                                                const int16_t* HWY_RESTRICT p16,
@@ -284,7 +285,7 @@ inline HWY_NOINLINE void AccumulateValuesFixed(const Layout& g, int64_t n,
   }
 }
 #if HWY_TARGET == HWY_AVX3
-HWY_POP_ATTRIBUTES
+QKV_POP_EXTRA_TARGET
 #endif
 #endif  // QKV_DECODE_FIXED_TARGET
 
