@@ -4,6 +4,7 @@
 #include "qkv/attention.h"  // IWYU pragma: export
 #include "qkv/error.h"      // IWYU pragma: export
 #include "qkv/kv_cache.h"   // IWYU pragma: export
+#include "qkv/merge.h"      // IWYU pragma: export
 #include "qkv/mha.h"        // IWYU pragma: export
 #include "qkv/rope.h"       // IWYU pragma: export
 #include "qkv/tensor.h"     // IWYU pragma: export
