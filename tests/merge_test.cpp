@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "qkv/qkv.h"
@@ -57,12 +59,30 @@ struct Problem {
   Tensor lse_view(const std::vector<float>& lse) const {
     return Tensor::contiguous(lse.data(), DType::kFloat32, {batch, heads, seq_q});
   }
+  // The params that merge parts (each an o and an lse) into o and lse.
+  using Part = std::pair<const std::vector<float>*, const std::vector<float>*>;
+  MergeAttentionParams merging(std::initializer_list<Part> parts, std::vector<float>& o,
+                               std::vector<float>& lse) const {
+    MergeAttentionParams m;
+    for (const Part& part : parts) m.parts.push_back({o_view(*part.first), lse_view(*part.second)});
+    m.o = o_view(o);
+    m.lse = lse_view(lse);
+    return m;
+  }
 };
 
 float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   float m = 0.0f;
   for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
   return m;
+}
+
+void expect_merged(const std::vector<float>& o, const std::vector<float>& lse,
+                   const std::vector<float>& o_want, const std::vector<float>& lse_want) {
+  EXPECT_LT(max_abs_diff(o, o_want), 2e-6f);
+  for (size_t i = 0; i < lse.size(); ++i) {
+    EXPECT_NEAR(lse[i], lse_want[i], 2e-6f * (1.0f + std::abs(lse_want[i]))) << i;
+  }
 }
 
 TEST(Merge, PartsOfTheKeysGiveTheAttentionOverAll) {
@@ -84,10 +104,7 @@ TEST(Merge, PartsOfTheKeysGiveTheAttentionOverAll) {
       m.lse = pr.lse_view(lse_m);
       merge_attention(m);
       SCOPED_TRACE("logits " + std::to_string(logits) + ", parts " + std::to_string(cuts.size() - 1));
-      EXPECT_LT(max_abs_diff(o_m, o_all), 2e-6f);
-      for (size_t i = 0; i < lse_m.size(); ++i) {
-        EXPECT_NEAR(lse_m[i], lse_all[i], 2e-6f * (1.0f + std::abs(lse_all[i]))) << i;
-      }
+      expect_merged(o_m, lse_m, o_all, lse_all);
     }
   }
 }
@@ -100,13 +117,8 @@ TEST(Merge, ASinkPassedToOnePartCountsOnce) {
   pr.attend(0, 20, o0, lse0, sinks.data());
   pr.attend(20, pr.seq_kv, o1, lse1);
   std::vector<float> o_m(o_all.size()), lse_m(lse_all.size());
-  MergeAttentionParams m;
-  m.parts = {{pr.o_view(o0), pr.lse_view(lse0)}, {pr.o_view(o1), pr.lse_view(lse1)}};
-  m.o = pr.o_view(o_m);
-  m.lse = pr.lse_view(lse_m);
-  merge_attention(m);
-  EXPECT_LT(max_abs_diff(o_m, o_all), 2e-6f);
-  EXPECT_LT(max_abs_diff(lse_m, lse_all), 1e-5f);
+  merge_attention(pr.merging({{&o0, &lse0}, {&o1, &lse1}}, o_m, lse_m));
+  expect_merged(o_m, lse_m, o_all, lse_all);
 }
 
 TEST(Merge, EmptyPartsAndRows) {
@@ -117,17 +129,12 @@ TEST(Merge, EmptyPartsAndRows) {
   for (float x : lse_empty) ASSERT_EQ(x, -kInf);
   // A part that saw nothing leaves the other exactly as it was.
   std::vector<float> o_m(o_all.size()), lse_m(lse_all.size());
-  MergeAttentionParams m;
-  m.parts = {{pr.o_view(o_empty), pr.lse_view(lse_empty)}, {pr.o_view(o_all), pr.lse_view(lse_all)}};
-  m.o = pr.o_view(o_m);
-  m.lse = pr.lse_view(lse_m);
-  merge_attention(m);
+  merge_attention(pr.merging({{&o_empty, &lse_empty}, {&o_all, &lse_all}}, o_m, lse_m));
   EXPECT_EQ(o_m, o_all);
   EXPECT_EQ(lse_m, lse_all);
   // Rows no part saw a key of: o 0 and lse -inf, whatever the parts' o hold.
   std::vector<float> garbage(o_all.size(), std::numeric_limits<float>::quiet_NaN());
-  m.parts = {{pr.o_view(garbage), pr.lse_view(lse_empty)}, {pr.o_view(o_empty), pr.lse_view(lse_empty)}};
-  merge_attention(m);
+  merge_attention(pr.merging({{&garbage, &lse_empty}, {&o_empty, &lse_empty}}, o_m, lse_m));
   for (float x : o_m) ASSERT_EQ(x, 0.0f);
   for (float x : lse_m) ASSERT_EQ(x, -kInf);
 }
@@ -137,11 +144,7 @@ TEST(Merge, FarApartLseGivesNoNaN) {
   std::vector<float> o0(pr.batch * pr.seq_q * pr.heads * pr.dim, 1.0f), o1(o0.size(), -1.0f);
   std::vector<float> lse0(pr.batch * pr.heads * pr.seq_q, 1e30f), lse1(lse0.size(), -1e30f);
   std::vector<float> o_m(o0.size()), lse_m(lse0.size());
-  MergeAttentionParams m;
-  m.parts = {{pr.o_view(o0), pr.lse_view(lse0)}, {pr.o_view(o1), pr.lse_view(lse1)}};
-  m.o = pr.o_view(o_m);
-  m.lse = pr.lse_view(lse_m);
-  merge_attention(m);
+  merge_attention(pr.merging({{&o0, &lse0}, {&o1, &lse1}}, o_m, lse_m));
   EXPECT_EQ(o_m, o0);
   EXPECT_EQ(lse_m, lse0);
 }
@@ -154,19 +157,17 @@ TEST(Merge, InPlaceAndFloat16Output) {
   pr.attend(9, pr.seq_kv, o1, lse1);
   // float16 output, from float32 parts: o_all rounded once.
   std::vector<uint16_t> o_h(o_all.size());
-  MergeAttentionParams m;
-  m.parts = {{pr.o_view(o0), pr.lse_view(lse0)}, {pr.o_view(o1), pr.lse_view(lse1)}};
+  std::vector<float> unused;
+  MergeAttentionParams m = pr.merging({{&o0, &lse0}, {&o1, &lse1}}, unused, unused);
   m.o = Tensor::contiguous(o_h.data(), DType::kFloat16, {pr.batch, pr.seq_q, pr.heads, pr.dim});
+  m.lse = Tensor();
   merge_attention(m);
   for (size_t i = 0; i < o_h.size(); ++i) {
     ASSERT_NEAR(internal::f32_from_f16(o_h[i]), o_all[i], 1e-3f * std::max(1.0f, std::abs(o_all[i]))) << i;
   }
   // In place: the output is part 0's own o and lse.
-  m.o = pr.o_view(o0);
-  m.lse = pr.lse_view(lse0);
-  merge_attention(m);
-  EXPECT_LT(max_abs_diff(o0, o_all), 2e-6f);
-  EXPECT_LT(max_abs_diff(lse0, lse_all), 1e-5f);
+  merge_attention(pr.merging({{&o0, &lse0}, {&o1, &lse1}}, o0, lse0));
+  expect_merged(o0, lse0, o_all, lse_all);
 }
 
 TEST(Merge, BadInputIsAnErrorThatWritesNothing) {
@@ -185,10 +186,7 @@ TEST(Merge, BadInputIsAnErrorThatWritesNothing) {
     for (float x : o_m) ASSERT_EQ(x, 7.0f);
     for (float x : lse_m) ASSERT_EQ(x, 7.0f);
   };
-  MergeAttentionParams good;
-  good.parts = {{pr.o_view(o0), pr.lse_view(lse0)}};
-  good.o = pr.o_view(o_m);
-  good.lse = pr.lse_view(lse_m);
+  const MergeAttentionParams good = pr.merging({{&o0, &lse0}}, o_m, lse_m);
   MergeAttentionParams m = good;
   m.parts.clear();
   expect_error(m, "parts is empty");
