@@ -9,7 +9,8 @@
 without copying them, and returns the caller's kind of array; so do
 ``qkv.attention_varlen`` (sequences of different lengths packed end to end) and
 ``qkv.attention_with_kvcache`` (decode steps over a ``qkv.KVCache``, contiguous
-or paged, with ``qkv.Rope`` rotary embeddings).
+or paged, with ``qkv.Rope`` rotary embeddings); ``qkv.merge_attention`` merges
+the results of disjoint key sets (ring attention).
 ``qkv.torch.scaled_dot_product_attention`` is a drop-in for
 ``torch.nn.functional.scaled_dot_product_attention`` (``import qkv.torch``).
 """
@@ -22,12 +23,14 @@ import numpy as np
 
 from . import _arrays, _qkv
 from .kv_cache import KVCache, Rope, apply_rope, attention_with_kvcache
+from .merge import merge_attention
 from .varlen import attention_varlen
 
 __version__: str = _qkv.__version__
 __all__ = [
     "attention",
     "attention_varlen",
+    "merge_attention",
     "attention_with_kvcache",
     "KVCache",
     "Rope",

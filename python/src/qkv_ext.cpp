@@ -359,6 +359,27 @@ void attention_with_kvcache(const InArray& q, qkv::KVCache& cache, const OutArra
   qkv::attention_with_kvcache(p);
 }
 
+// Merges parts (os[p] [batch, seq_q, heads, head_dim_v], lses[p] [batch,
+// heads, seq_q] float32) into o and, if given, lse (qkv/merge.h).
+void merge_attention(const std::vector<InArray>& os, const std::vector<InArray>& lses,
+                     const OutArray& o, const std::optional<OutArray>& lse, int num_threads) {
+  if (os.size() != lses.size()) {
+    throw nb::value_error(("os has " + std::to_string(os.size()) + " arrays but lses has " +
+                           std::to_string(lses.size())).c_str());
+  }
+  qkv::MergeAttentionParams p;
+  for (size_t i = 0; i < os.size(); ++i) {
+    const std::string at = "parts[" + std::to_string(i) + "]";
+    p.parts.push_back({view(os[i], (at + ".o").c_str(), kStorage),
+                       view(lses[i], (at + ".lse").c_str(), kFloat32)});
+  }
+  p.o = view(o, "o", kStorage);
+  if (lse) p.lse = view(*lse, "lse", kFloat32);
+  p.num_threads = num_threads;
+  nb::gil_scoped_release release;
+  qkv::merge_attention(p);
+}
+
 // Rotates x [batch, seq, heads, head_dim] in place; token t of batch b is at
 // position positions[b] + t.
 void apply_rope(const OutArray& x, const Int64Vector& positions, const RopeArgs& rope) {
@@ -456,6 +477,11 @@ NB_MODULE(_qkv, m) {
         "heads, head_dim] over it into o [batch, seq_q, heads, head_dim_v] of q's dtype\n"
         "(and lse [batch, heads, seq_q] float32), allocated by the caller. rope is\n"
         "(style, theta, rotary_dim). On error nothing is written and the cache is unchanged.");
+  m.def("merge_attention", &merge_attention, "os"_a, "lses"_a, "o"_a, nb::kw_only(),
+        "lse"_a.none() = nb::none(), "num_threads"_a = 0,
+        "Merges the attention over disjoint key sets (each part's o and lse) into o and\n"
+        "lse in place (qkv/merge.h). Raises TypeError for a wrong dtype, ValueError for\n"
+        "anything else qkv rejects.");
   m.def("apply_rope", &apply_rope, "x"_a, "positions"_a, "rope"_a,
         "Rotates x [batch, seq, heads, head_dim] in place; token t of batch b is at\n"
         "position positions[b] + t (positions: contiguous int64 [batch]); rope is\n"
