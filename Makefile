@@ -48,7 +48,7 @@ test-clang:
 #                target; cmake/aarch64-linux-gnu.cmake) and run under qemu-user, so the Arm
 #                build is compiled and its kernels checked on an x86 machine. Installs the
 #                cross compiler, the arm64 libraries (adds the architecture to dpkg) and qemu.
-#                About 10 minutes on 2 cores, most of it emulating the tests.
+#                5-6 minutes on 2 cores, most of it emulating the tests.
 ARM_BUILD ?= build-arm
 
 .PHONY: test-arm deps-arm
