@@ -9,7 +9,6 @@
 // strided layouts, overflow-size logits, thread counts, masked tiles.
 #include <cfloat>
 #include <cmath>
-#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -411,16 +410,7 @@ TEST(Caches, L2IsTheOneTheSystemDescribes) {
   // Where Linux's sysfs lists a level-2 cache of cpu0, l2_cache_bytes() is the
   // C library's size or that one, never the 512 KiB stand-in (glibc on 64-bit
   // Arm reports 0: make test-arm runs this there).
-  int64_t sysfs = -1;
-  for (int i = 0; i < 16 && sysfs < 0; ++i) {
-    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
-    std::ifstream level(dir + "level"), type(dir + "type"), size(dir + "size");
-    std::string l, t, z;
-    if (!std::getline(level, l)) break;
-    std::getline(type, t);
-    std::getline(size, z);
-    if (l == "2" && (t == "Unified" || t == "Data")) sysfs = internal::parse_cache_size(z);
-  }
+  const int64_t sysfs = internal::sysfs_l2_cache_bytes();
   if (sysfs < (int64_t{64} << 10) || sysfs > (int64_t{64} << 20)) GTEST_SKIP() << "no plausible L2 in sysfs";
   const int64_t libc = sysconf(_SC_LEVEL2_CACHE_SIZE);
   const int64_t got = internal::l2_cache_bytes();

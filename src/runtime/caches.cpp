@@ -23,10 +23,9 @@ std::string ReadLine(const std::string& path) {
   return line;
 }
 
-// The L2 as Linux's sysfs describes cpu0's caches (index0, index1, ...: each a
-// level, a type and a size), -1 where it has none. The C library reports
-// nothing on 64-bit Arm (glibc's sysconf gives 0 there), sysfs does.
-int64_t SysfsL2Bytes() {
+}  // namespace
+
+int64_t sysfs_l2_cache_bytes() {
   for (int i = 0; i < 16; ++i) {
     const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
     const std::string level = ReadLine(dir + "level");
@@ -36,7 +35,6 @@ int64_t SysfsL2Bytes() {
   }
   return -1;
 }
-}  // namespace
 
 int64_t parse_cache_size(std::string_view text) {
   int64_t value = 0;
@@ -66,7 +64,7 @@ int64_t l2_cache_bytes() {
       return reported;
     }
 #endif
-    const int64_t sysfs = SysfsL2Bytes();
+    const int64_t sysfs = sysfs_l2_cache_bytes();
     return Plausible(sysfs) ? sysfs : kFallback;
   }();
   return bytes;

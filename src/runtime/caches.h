@@ -13,6 +13,11 @@ namespace qkv::internal {
 // none.
 int64_t l2_cache_bytes();
 
+// The L2 as Linux's sysfs describes cpu0's caches (index0, index1, ...: each a
+// level, a type and a size), -1 where it has none. The C library reports
+// nothing on 64-bit Arm (glibc's sysconf gives 0 there), sysfs does.
+int64_t sysfs_l2_cache_bytes();
+
 // A sysfs cache size ("2048K", "1M", "512"): bytes, or -1 where it is not one.
 int64_t parse_cache_size(std::string_view text);
 
