@@ -136,6 +136,54 @@ TEST(KVCache, DecodeOverEveryStorageTypeMatchesTheReference) {
   }
 }
 
+// The decode kernel's block of keys is 64, 32 or 16 from the L2 size; each
+// forced, with lengths that end blocks part way (600 tokens, 8 kv heads),
+// against the reference for every storage type, on every target; the int8
+// integer path (per-block weights) against the float path within what
+// Int8InFixedPointStaysWithinItsBound allows at 64 (a smaller block moves
+// the weights less).
+TEST(KVCache, EveryBlockSizeMatchesTheReference) {
+  struct Restore {
+    ~Restore() {
+      internal::set_decode_block_keys(0);
+      internal::set_decode_fixed_point_enabled(true);
+      internal::flash_force_target(0);
+    }
+  } restore;
+  for (const int64_t keys : {16, 32, 64}) {
+    internal::set_decode_block_keys(keys);
+    SCOPED_TRACE(testing::Message() << keys << " keys per block");
+    for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kInt8}) {
+      SCOPED_TRACE(dtype_name(dtype));
+      CacheSpec s;
+      s.dtype = dtype;
+      s.heads = 16, s.kv_heads = 8;
+      expect_cache_matches_reference(s, 1, 12);
+    }
+    CacheSpec s;
+    s.dtype = DType::kInt8;
+    s.heads = 16, s.kv_heads = 8;
+    KVCache cache = make_cache(s, 13);
+    const auto q = random_floats(s.batch * s.heads * s.head_dim, 14, 2.0f);
+    for (const int64_t target : internal::flash_targets()) {
+      if (!internal::decode_fixed_point_on(target)) continue;
+      internal::flash_force_target(target);
+      internal::set_decode_fixed_point_enabled(true);
+      const auto o_fixed = attend(cache, s, q, 1, Backend::kDecode);
+      internal::set_decode_fixed_point_enabled(false);
+      const auto o_float = attend(cache, s, q, 1, Backend::kDecode);
+      double worst = 0;
+      for (size_t i = 0; i < o_fixed.size(); ++i) worst = std::max(worst, double(std::fabs(o_fixed[i] - o_float[i])));
+      EXPECT_GT(worst, 0.0) << internal::flash_target_name(target) << ": the fixed-point path did not run";
+      // (measured 1.0-1.5e-4 at every block size; a block's weights or
+      // scales mishandled move o by a tenth and more)
+      EXPECT_LT(worst, 1e-3) << internal::flash_target_name(target);
+    }
+    internal::flash_force_target(0);
+    internal::set_decode_fixed_point_enabled(true);
+  }
+}
+
 TEST(KVCache, SeveralQueryRowsGqaMqaAndOddHeadDims) {
   for (const auto& [heads, kv_heads, head_dim, head_dim_v, seq_q] :
        {std::tuple{8, 2, 64, 64, 4}, {4, 1, 7, 5, 3}, {6, 6, 80, 96, 2}, {32, 8, 128, 128, 1},

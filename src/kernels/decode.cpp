@@ -36,6 +36,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <type_traits>
 
 #include "hwy/base.h"
 #if HWY_ARCH_X86
@@ -43,6 +44,7 @@
 #endif
 
 #include "runtime/amx.h"
+#include "runtime/caches.h"
 #include "runtime/threads.h"
 
 namespace qkv::internal {
@@ -73,6 +75,7 @@ namespace {
 
 constexpr int64_t kMinChunk = 256;  // keys per task at least
 constexpr int64_t kTasksPerThread = 2;
+constexpr int64_t kMinBlock = 16;  // keys per block at least (ChooseBlockKeys)
 
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 int64_t CeilDiv(int64_t x, int64_t m) { return (x + m - 1) / m; }
@@ -101,6 +104,20 @@ HWY_INLINE void ScoreKeysTail(const float* HWY_RESTRICT q, int64_t head_dim, Hea
 // whose sums pair two rows' two keys in one StoreSumsOf4: the same number of
 // reductions per score as 2 rows x 4 keys, and each K vector converted once
 // for all rows instead of once per 2 rows.
+// v from here on in a register of its own. For the 16-register passes: GCC
+// 12 folds each q row's load into the memory operands of both its FMAs (one
+// per key), 10 loads per 8 FMAs per step, more than the two vector loads per
+// cycle of Zen 3 allow; loaded once, 6 (AVX2 on Zen 3, float16, 1K tokens,
+// one thread, alternating steps: 1-1.6% faster).
+template <class V>
+HWY_INLINE void InRegister(V& v) {
+#if HWY_ARCH_X86 && HWY_TARGET != HWY_EMU128 && HWY_TARGET != HWY_SCALAR
+  asm("" : "+x"(v.raw));
+#else
+  (void)v;
+#endif
+}
+
 template <DType kDtype, int kRows, int kKeys, class D>
 HWY_INLINE void ScoreKeysPass(D d, const float* HWY_RESTRICT q, int64_t head_dim,
                               HeadRows k_rows, int t0, float* HWY_RESTRICT s, int64_t s_stride) {
@@ -124,7 +141,8 @@ HWY_INLINE void ScoreKeysPass(D d, const float* HWY_RESTRICT q, int64_t head_dim
     V k[kKeys];
     for (int t = 0; t < kKeys; ++t) k[t] = LoadAsFloat<kDtype>(d, k_rows[t0 + t], c);
     for (int r = 0; r < kRows; ++r) {
-      const V qr = hn::LoadU(d, q + r * head_dim + c);
+      V qr = hn::LoadU(d, q + r * head_dim + c);
+      if constexpr (kKeys == 2) InRegister(qr);
       for (int t = 0; t < kKeys; ++t) acc[r][t] = hn::MulAdd(qr, k[t], acc[r][t]);
     }
     c += N;
@@ -270,20 +288,38 @@ DecodeScratch& ThreadScratch(const AttentionProblem& p, const Layout& g) {
   return *kept;
 }
 
-// The number of ValueBlock passes AccumulateValues makes over a block's keys.
-int64_t ValuePasses(const Layout& g, int64_t lanes) {
-  int64_t columns = 0, c = 0;
+// AccumulateValues' column passes over a block's keys: the dv_pad / N
+// vectors of a row split into passes of `fours`, then `threes`, `twos` and
+// `ones` vectors. With 32 vector registers 4 (16 accumulators for 4 rows),
+// then 2 and 1. With 16, passes of 3 (12 accumulators, 3 V vectors and the
+// broadcast weight: all 16 registers) as long as an even number of vectors
+// remains, then 2: at head_dim_v 128 on AVX2, 3+3+3+3+2+2 instead of eight
+// 2s, each key's row pointer and 4 weights loaded 6 times instead of 8
+// (AVX2 on Zen 3, float16, 1K tokens, one thread, alternating steps: 3.2-3.5%
+// faster).
+struct ValuePlan {
+  int64_t fours = 0, threes = 0, twos = 0, ones = 0;
+  int64_t passes() const { return fours + threes + twos + ones; }
+};
+ValuePlan PlanValuePasses(const Layout& g, int64_t lanes) {
+  int64_t vectors = g.dv_pad / lanes;
+  ValuePlan plan;
   if constexpr (kMaxPanelRows == 12) {
-    for (; c + 4 * lanes <= g.dv_pad; c += 4 * lanes) ++columns;
+    plan.fours = vectors / 4;
+    vectors -= 4 * plan.fours;
+  } else {
+    plan.threes = vectors / 3;
+    if (plan.threes > 0 && (vectors - 3 * plan.threes) % 2 != 0) --plan.threes;
+    vectors -= 3 * plan.threes;
   }
-  for (; c + 2 * lanes <= g.dv_pad; c += 2 * lanes) ++columns;
-  if (c < g.dv_pad) ++columns;
-  return columns * ((g.rows + kValueRows - 1) / kValueRows);
+  plan.twos = vectors / 2;
+  plan.ones = vectors % 2;
+  return plan;
 }
 
 // acc = alpha * acc + P.V over the block's n keys, rows in groups of
-// kValueRows, columns in passes of up to 4 vectors (fewer passes over V and
-// fewer broadcasts of P per key).
+// kValueRows, columns in the passes of PlanValuePasses (fewer passes over V
+// and fewer broadcasts of P per key than one vector at a time).
 //   p: [rows][kBlock] weights; v_rows: the block's n value rows of one kv head.
 template <DType kDtype>
 HWY_NOINLINE void AccumulateValues(const Layout& g, int64_t n, const float* HWY_RESTRICT p,
@@ -292,6 +328,7 @@ HWY_NOINLINE void AccumulateValues(const Layout& g, int64_t n, const float* HWY_
                       int64_t prefetch_per_key) {
   const hn::ScalableTag<float> d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const ValuePlan plan = PlanValuePasses(g, N);
   for (int64_t r0 = 0; r0 < g.rows; r0 += kValueRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kValueRows, g.rows - r0));
     const float* pw = p + r0 * kBlock;
@@ -299,20 +336,16 @@ HWY_NOINLINE void AccumulateValues(const Layout& g, int64_t n, const float* HWY_
     float* o = acc + r0 * g.dv_pad;
     WithRows<kValueRows>(rows, [&](auto kRows) {
       int64_t c = 0;
-      if constexpr (kMaxPanelRows == 12) {  // 32 vector registers: 16 accumulators fit
-        for (; c + 4 * N <= g.dv_pad; c += 4 * N) {
-          ValueBlock<kDtype, kRows(), 4>(d, pw, v_rows, n, c, alpha, o, g.dv_pad, prefetch,
-                                         prefetch_per_key);
+      const auto passes = [&](auto kVecs, int64_t count) {
+        for (int64_t i = 0; i < count; ++i, c += kVecs() * N) {
+          ValueBlock<kDtype, kRows(), kVecs()>(d, pw, v_rows, n, c, alpha, o, g.dv_pad, prefetch,
+                                               prefetch_per_key);
         }
-      }
-      for (; c + 2 * N <= g.dv_pad; c += 2 * N) {
-        ValueBlock<kDtype, kRows(), 2>(d, pw, v_rows, n, c, alpha, o, g.dv_pad, prefetch,
-                                       prefetch_per_key);
-      }
-      if (c < g.dv_pad) {
-        ValueBlock<kDtype, kRows(), 1>(d, pw, v_rows, n, c, alpha, o, g.dv_pad, prefetch,
-                                       prefetch_per_key);
-      }
+      };
+      if constexpr (kMaxPanelRows == 12) passes(std::integral_constant<int, 4>(), plan.fours);
+      if constexpr (kMaxPanelRows != 12) passes(std::integral_constant<int, 3>(), plan.threes);
+      passes(std::integral_constant<int, 2>(), plan.twos);
+      passes(std::integral_constant<int, 1>(), plan.ones);
     });
   }
 }
@@ -403,15 +436,15 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
 
   const bool plain = p.softcap == 0 && !p.has_alibi() && !p.has_mask();
   bool adjacent = false;  // the block's tokens back to back (AttentionProblem::tokens)
-  for (int64_t k0 = key_begin; k0 < key_end; k0 += kBlock) {
-    const int64_t n = std::min(kBlock, key_end - k0);
+  for (int64_t k0 = key_begin; k0 < key_end; k0 += g.block) {
+    const int64_t n = std::min(g.block, key_end - k0);
     const int64_t n_pad = RoundUp(n, N);
     // The block's tokens (the last key stands in for the keys that complete
     // the last group of kKeyGroup: their scores become -inf with the padding),
     // and the next block's, whose K and V are requested into L2 while this
     // block computes: half during the scores, half during P.V.
     // (The block's own rows were the previous block's next ones.)
-    const int64_t n_next = std::min(kBlock, key_end - (k0 + n));
+    const int64_t n_next = std::min(g.block, key_end - (k0 + n));
     if (k0 == key_begin) adjacent = p.tokens(b, k0, n, w.k_token.get(), w.v_token.get());
     const bool next_adjacent =
         n_next > 0 && p.tokens(b, k0 + n, n_next, w.k_next.get(), w.v_next.get());
@@ -420,7 +453,8 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
                            w.v_spans.get());
     const int64_t score_steps = (n + kKeyGroup - 1) / kKeyGroup * p.kv_heads;
     const int64_t per_score_step = (next.lines() / 2 + score_steps - 1) / score_steps;
-    const int64_t value_keys = p.kv_heads * ValuePasses(g, N) * n;
+    const int64_t value_keys = p.kv_heads * PlanValuePasses(g, N).passes() *
+                               ((g.rows + kValueRows - 1) / kValueRows) * n;
     const int64_t per_value_key = (next.lines() - next.lines() / 2 + value_keys - 1) / value_keys;
     const int64_t k_head_bytes = w.k_token[0].head_bytes, v_head_bytes = w.v_token[0].head_bytes;
     const int64_t n_keys = RoundUp(n_pad, kKeyGroup);
@@ -533,6 +567,21 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
   }
 }
 
+// Keys per block. While a block computes, the next block's K and V stream
+// into the L2 (NextBlockPrefetch), so two blocks' rows of every kv head share
+// it with what else the step keeps there. Up to a quarter of the L2 for the
+// two, kBlock keys where they fit, else 32 or 16:
+// TODO numbers
+int64_t ChooseBlockKeys(const AttentionProblem& p) {
+  const int64_t forced = decode_block_keys_override();
+  if (forced >= kMinBlock && forced <= kBlock && forced % kMinBlock == 0) return forced;
+  const int64_t token_bytes = p.kv_heads * (p.head_dim + p.head_dim_v) *
+                              static_cast<int64_t>(dtype_size(p.kv_dtype));
+  int64_t block = kBlock;
+  while (block > kMinBlock && 2 * block * token_bytes > l2_cache_bytes() / 2) block /= 2;
+  return block;
+}
+
 // Merges the splits of (b, kvh) and writes o and lse.
 // states: the first chunk's state of (b, kvh); chunk c's is at c * stride.
 void MergeAndStore(const AttentionProblem& p, const Layout& g, int64_t b, int64_t kvh,
@@ -578,6 +627,7 @@ void DecodeForwardImpl(const AttentionProblem& p, int num_splits) {
   g.dv_pad = RoundUp(p.head_dim_v, N);
   g.rows_pad = RoundUp(g.rows, N);
   g.state = g.rows * g.dv_pad + 2 * g.rows_pad;
+  g.block = ChooseBlockKeys(p);
   int64_t max_keys = 0;
   for (int64_t b = 0; b < p.batch; ++b) max_keys = std::max(max_keys, p.keys(b));
   const int64_t pairs = p.batch * p.kv_heads;
@@ -641,6 +691,13 @@ const char* DecodeInt8EngineImpl(int64_t head_dim, int64_t head_dim_v, int64_t r
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
+namespace qkv::internal {
+namespace {
+std::atomic<int64_t> g_block_keys{0};
+}  // namespace
+int64_t decode_block_keys_override() { return g_block_keys.load(std::memory_order_relaxed); }
+void set_decode_block_keys(int64_t keys) { g_block_keys.store(keys, std::memory_order_relaxed); }
+}  // namespace qkv::internal
 namespace qkv::internal {
 HWY_EXPORT(DecodeForwardImpl);
 HWY_EXPORT(DecodeInt8EngineImpl);

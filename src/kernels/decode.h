@@ -41,6 +41,12 @@ void set_decode_fixed_point_enabled(bool enabled);
 //   rows: query rows per kv head (seq_q * heads / kv_heads)
 const char* decode_int8_engine(int64_t head_dim, int64_t head_dim_v, int64_t rows);
 
+// Keys per block of the decode kernel: 16, 32 or 64 from now on; 0 (the
+// default) = chosen from the L2 size and the cache's row bytes. For tests
+// and tuning.
+void set_decode_block_keys(int64_t keys);
+int64_t decode_block_keys_override();
+
 // Decode tasks that have run on AMX-INT8 tiles in this process (tests check
 // that the path they compare ran).
 int64_t decode_amx_tasks();
