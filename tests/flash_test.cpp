@@ -410,11 +410,25 @@ TEST(Caches, L2IsTheOneTheSystemDescribes) {
   // Where Linux's sysfs lists a level-2 cache of cpu0, l2_cache_bytes() is the
   // C library's size or that one, never the 512 KiB stand-in (glibc on 64-bit
   // Arm reports 0: make test-arm runs this there).
-  const int64_t sysfs = internal::sysfs_l2_cache_bytes();
+  const int64_t sysfs = internal::sysfs_cache_bytes(2);
   if (sysfs < (int64_t{64} << 10) || sysfs > (int64_t{64} << 20)) GTEST_SKIP() << "no plausible L2 in sysfs";
   const int64_t libc = sysconf(_SC_LEVEL2_CACHE_SIZE);
   const int64_t got = internal::l2_cache_bytes();
   EXPECT_TRUE(got == sysfs || got == libc) << got << " bytes; sysfs " << sysfs << ", sysconf " << libc;
+}
+
+TEST(Caches, L3IsTheOneSysfsDescribes) {
+  // sysfs names the L3 the process's cores share (on a Zen 3 VM: 32 MiB where
+  // glibc's sysconf reports the socket's 256 MiB); without one, the C
+  // library's size or 0.
+  const int64_t sysfs = internal::sysfs_cache_bytes(3);
+  const int64_t libc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  const int64_t got = internal::l3_cache_bytes();
+  if (sysfs > 0) {
+    EXPECT_EQ(got, sysfs) << "sysconf " << libc;
+  } else {
+    EXPECT_EQ(got, libc > 0 ? libc : 0);
+  }
 }
 
 TEST(Flash, LargeLogitsMatchTheReference) {

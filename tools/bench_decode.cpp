@@ -21,7 +21,7 @@
 // Highway, threaded over heads), so every KV byte is read `group` (4) times
 // per step, where qkv reads it once for the whole GQA group.
 #include <omp.h>
-#include <unistd.h>  // access, sysconf
+#include <unistd.h>  // access
 
 #include <algorithm>
 #include <chrono>
@@ -51,6 +51,7 @@
 #include "qkv/kv_cache.h"
 #include "qkv/version.h"
 #include "runtime/bandwidth_probe.h"
+#include "runtime/caches.h"
 #include "runtime/threads.h"
 
 namespace qkv::tools {
@@ -272,8 +273,7 @@ void run_bench_decode(const DecodeOptions& options) {
   run.simd_target = targets.empty() ? "unknown" : internal::flash_target_name(targets[0]);
   run.mem_available = available_memory_bytes();
   run.date = utc_now();
-  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-  run.l3_bytes = l3 > 0 ? l3 : 0;
+  run.l3_bytes = internal::l3_cache_bytes();
   // DRAM: 2 GiB, or 4x the L3 if that is more. L3 point: a quarter of the L3.
   const int64_t dram_bytes = std::max<int64_t>(int64_t{2} << 30, 4 * run.l3_bytes);
   run.l3_point_bytes = run.l3_bytes > 0 ? run.l3_bytes / 4 : int64_t{8} << 20;

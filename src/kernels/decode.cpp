@@ -36,7 +36,6 @@
 #include <limits>
 #include <memory>
 #include <optional>
-#include <type_traits>
 
 #include "hwy/base.h"
 #if HWY_ARCH_X86
@@ -335,17 +334,21 @@ HWY_NOINLINE void AccumulateValues(const Layout& g, int64_t n, const float* HWY_
     const float* alpha = alpha_rows + r0;
     float* o = acc + r0 * g.dv_pad;
     WithRows<kValueRows>(rows, [&](auto kRows) {
+      // (plan.fours is 0 with 16 registers, plan.threes with 32.)
+      constexpr int kWide = kMaxPanelRows == 12 ? 4 : 3;
       int64_t c = 0;
-      const auto passes = [&](auto kVecs, int64_t count) {
-        for (int64_t i = 0; i < count; ++i, c += kVecs() * N) {
-          ValueBlock<kDtype, kRows(), kVecs()>(d, pw, v_rows, n, c, alpha, o, g.dv_pad, prefetch,
-                                               prefetch_per_key);
-        }
-      };
-      if constexpr (kMaxPanelRows == 12) passes(std::integral_constant<int, 4>(), plan.fours);
-      if constexpr (kMaxPanelRows != 12) passes(std::integral_constant<int, 3>(), plan.threes);
-      passes(std::integral_constant<int, 2>(), plan.twos);
-      passes(std::integral_constant<int, 1>(), plan.ones);
+      for (int64_t i = 0; i < plan.fours + plan.threes; ++i, c += kWide * N) {
+        ValueBlock<kDtype, kRows(), kWide>(d, pw, v_rows, n, c, alpha, o, g.dv_pad, prefetch,
+                                           prefetch_per_key);
+      }
+      for (int64_t i = 0; i < plan.twos; ++i, c += 2 * N) {
+        ValueBlock<kDtype, kRows(), 2>(d, pw, v_rows, n, c, alpha, o, g.dv_pad, prefetch,
+                                       prefetch_per_key);
+      }
+      if (plan.ones > 0) {
+        ValueBlock<kDtype, kRows(), 1>(d, pw, v_rows, n, c, alpha, o, g.dv_pad, prefetch,
+                                       prefetch_per_key);
+      }
     });
   }
 }

@@ -25,15 +25,29 @@ std::string ReadLine(const std::string& path) {
 
 }  // namespace
 
-int64_t sysfs_l2_cache_bytes() {
+int64_t sysfs_cache_bytes(int level) {
+  const std::string wanted = std::to_string(level);
   for (int i = 0; i < 16; ++i) {
     const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
-    const std::string level = ReadLine(dir + "level");
-    if (level.empty()) break;
+    const std::string at = ReadLine(dir + "level");
+    if (at.empty()) break;
     const std::string type = ReadLine(dir + "type");
-    if (level == "2" && (type == "Unified" || type == "Data")) return parse_cache_size(ReadLine(dir + "size"));
+    if (at == wanted && (type == "Unified" || type == "Data")) return parse_cache_size(ReadLine(dir + "size"));
   }
   return -1;
+}
+
+int64_t l3_cache_bytes() {
+  static const int64_t bytes = [] {
+    if (const int64_t sysfs = sysfs_cache_bytes(3); sysfs > 0) return sysfs;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+    if (const int64_t reported = static_cast<int64_t>(sysconf(_SC_LEVEL3_CACHE_SIZE)); reported > 0) {
+      return reported;
+    }
+#endif
+    return int64_t{0};
+  }();
+  return bytes;
 }
 
 int64_t parse_cache_size(std::string_view text) {
@@ -64,7 +78,7 @@ int64_t l2_cache_bytes() {
       return reported;
     }
 #endif
-    const int64_t sysfs = sysfs_l2_cache_bytes();
+    const int64_t sysfs = sysfs_cache_bytes(2);
     return Plausible(sysfs) ? sysfs : kFallback;
   }();
   return bytes;
