@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "kernels/decode.h"
 #include "qkv/kv_cache.h"
 #include "runtime/threads.h"
 
@@ -152,15 +153,15 @@ bool DecodeBaselineImpl(const KVCache& cache, const float* q, int64_t heads, flo
 
 // Reads every K and V byte of the cache (and the int8 scales) in the order
 // qkv's decode kernel does, with no arithmetic but an integer sum: tasks of
-// `chunk` keys (all KV heads) over the threads; per block of kStreamBlock
-// keys, the K rows token by token (one forward stream), then the V rows KV
-// head by KV head. Returns the sum.
+// `chunk` keys (all KV heads) over the threads; per block of the kernel's
+// keys (decode_block_keys), the K rows token by token (one forward stream),
+// then the V rows KV head by KV head. Returns the sum.
 uint32_t StreamCacheImpl(const KVCache& cache, int threads, int64_t chunk) {
-  constexpr int64_t kStreamBlock = 64;  // decode.cpp's kBlock
   const hn::ScalableTag<uint32_t> d;
   using V = hn::Vec<decltype(d)>;
   const int64_t vec_bytes = static_cast<int64_t>(hn::Lanes(d) * sizeof(uint32_t));
   const KVCacheConfig& c = cache.config();
+  const int64_t block = internal::decode_block_keys(c.kv_heads, c.head_dim, c.head_dim_v, c.dtype);
   const int64_t n = cache.lengths()[0];
   const int64_t elem = static_cast<int64_t>(dtype_size(c.dtype));
   const int64_t k_bytes = c.head_dim * elem, v_bytes = c.head_dim_v * elem;
@@ -182,8 +183,8 @@ uint32_t StreamCacheImpl(const KVCache& cache, int threads, int64_t chunk) {
     V acc = hn::Zero(d);
     uint32_t tail = 0;
     float scales = 0;
-    for (int64_t k0 = t * chunk; k0 < j1; k0 += kStreamBlock) {
-      const int64_t k1 = std::min(j1, k0 + kStreamBlock);
+    for (int64_t k0 = t * chunk; k0 < j1; k0 += block) {
+      const int64_t k1 = std::min(j1, k0 + block);
       for (int64_t j = k0; j < k1; ++j) {
         const int64_t slot = first + j * c.kv_heads;
         read_row(k_pool + slot * k_bytes, c.kv_heads * k_bytes, acc, tail);

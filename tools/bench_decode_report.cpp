@@ -146,7 +146,7 @@ void print_decode_report(const DecodeRun& run) {
       "GB/s               K+V/step / qkv/step (1 GB = 1e9 bytes)\n"
       "probe GB/s         runtime/bandwidth_probe.h on a buffer of K+V/step bytes (at most the DRAM point), the same\n"
       "                   threads, best of several sums: a contiguous stream of as many bytes\n"
-      "kernel-order GB/s  the cache itself read in the decode kernel's order and tasks (per 64-key block: K token by\n"
+      "kernel-order GB/s  the cache itself read in the decode kernel's order, tasks and blocks (per block: K token by\n"
       "                   token, then V KV head by KV head), no arithmetic; timed as qkv/step\n"
       "baseline/step      each query head streams its KV head's K and V alone (no GQA sharing, %lldx the reads)\n"
       "speed-up           baseline/step / qkv/step\n"

@@ -74,7 +74,7 @@ namespace {
 
 constexpr int64_t kMinChunk = 256;  // keys per task at least
 constexpr int64_t kTasksPerThread = 2;
-constexpr int64_t kMinBlock = 16;  // keys per block at least (ChooseBlockKeys)
+static_assert(kBlock == kDecodeMaxBlockKeys, "the scratch holds the largest block decode_block_keys picks");
 
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 int64_t CeilDiv(int64_t x, int64_t m) { return (x + m - 1) / m; }
@@ -570,21 +570,6 @@ void RunChunk(const AttentionProblem& p, const Layout& g, int64_t b, int64_t j0,
   }
 }
 
-// Keys per block. While a block computes, the next block's K and V stream
-// into the L2 (NextBlockPrefetch), so two blocks' rows of every kv head share
-// it with what else the step keeps there. Up to a quarter of the L2 for the
-// two, kBlock keys where they fit, else 32 or 16:
-// TODO numbers
-int64_t ChooseBlockKeys(const AttentionProblem& p) {
-  const int64_t forced = decode_block_keys_override();
-  if (forced >= kMinBlock && forced <= kBlock && forced % kMinBlock == 0) return forced;
-  const int64_t token_bytes = p.kv_heads * (p.head_dim + p.head_dim_v) *
-                              static_cast<int64_t>(dtype_size(p.kv_dtype));
-  int64_t block = kBlock;
-  while (block > kMinBlock && 2 * block * token_bytes > l2_cache_bytes() / 2) block /= 2;
-  return block;
-}
-
 // Merges the splits of (b, kvh) and writes o and lse.
 // states: the first chunk's state of (b, kvh); chunk c's is at c * stride.
 void MergeAndStore(const AttentionProblem& p, const Layout& g, int64_t b, int64_t kvh,
@@ -630,7 +615,7 @@ void DecodeForwardImpl(const AttentionProblem& p, int num_splits) {
   g.dv_pad = RoundUp(p.head_dim_v, N);
   g.rows_pad = RoundUp(g.rows, N);
   g.state = g.rows * g.dv_pad + 2 * g.rows_pad;
-  g.block = ChooseBlockKeys(p);
+  g.block = decode_block_keys(p.kv_heads, p.head_dim, p.head_dim_v, p.kv_dtype);
   int64_t max_keys = 0;
   for (int64_t b = 0; b < p.batch; ++b) max_keys = std::max(max_keys, p.keys(b));
   const int64_t pairs = p.batch * p.kv_heads;
@@ -698,8 +683,18 @@ namespace qkv::internal {
 namespace {
 std::atomic<int64_t> g_block_keys{0};
 }  // namespace
-int64_t decode_block_keys_override() { return g_block_keys.load(std::memory_order_relaxed); }
 void set_decode_block_keys(int64_t keys) { g_block_keys.store(keys, std::memory_order_relaxed); }
+
+int64_t decode_block_keys(int64_t kv_heads, int64_t head_dim, int64_t head_dim_v, DType kv_dtype) {
+  const int64_t forced = g_block_keys.load(std::memory_order_relaxed);
+  if (forced >= kDecodeMinBlockKeys && forced <= kDecodeMaxBlockKeys && forced % kDecodeMinBlockKeys == 0) {
+    return forced;
+  }
+  const int64_t token_bytes = kv_heads * (head_dim + head_dim_v) * static_cast<int64_t>(dtype_size(kv_dtype));
+  int64_t block = kDecodeMaxBlockKeys;
+  while (block > kDecodeMinBlockKeys && 2 * block * token_bytes > l2_cache_bytes() / 2) block /= 2;
+  return block;
+}
 }  // namespace qkv::internal
 namespace qkv::internal {
 HWY_EXPORT(DecodeForwardImpl);
