@@ -139,9 +139,8 @@ TEST(KVCache, DecodeOverEveryStorageTypeMatchesTheReference) {
 // The decode kernel's block of keys is 64, 32 or 16 from the L2 size; each
 // forced, with lengths that end blocks part way (600 tokens, 8 kv heads),
 // against the reference for every storage type, on every target; the int8
-// integer path (per-block weights) against the float path within what
-// Int8InFixedPointStaysWithinItsBound allows at 64 (a smaller block moves
-// the weights less).
+// integer path (16-bit weights per block) against the float path on every
+// target that has it.
 TEST(KVCache, EveryBlockSizeMatchesTheReference) {
   struct Restore {
     ~Restore() {

@@ -8,11 +8,12 @@
 //   m = max_c m_c,  l = sum_c 2^(m_c - m) l_c,  acc = sum_c 2^(m_c - m) acc_c
 // skipping chunks with no visible key (m_c = -inf), and writes o and lse.
 //
-// Per block of kBlock keys: scores with the K rows streamed from memory and
-// converted in registers (one pass over each K row serves all R rows), the
-// options and online softmax of online_softmax-inl.h, then P.V per kv head
-// with the V rows of the block (16 KiB at head_dim_v 128 in float16: stays
-// in L1 across the column chunks) streamed the same way. Meanwhile the next
+// Per block of keys (decode_block_keys: 64, fewer where the L2 is small):
+// scores with the K rows streamed from memory and converted in registers (one
+// pass over each K row serves all R rows), the options and online softmax of
+// online_softmax-inl.h, then P.V per kv head with the V rows of the block
+// (16 KiB at 64 keys and head_dim_v 128 in float16, read once per column
+// pass from L1 or L2) streamed the same way. Meanwhile the next
 // block's K and V are requested into L2 a few lines per step of both passes
 // (per 8 keys in P.V, 16 in int8's VNNI P.V), so memory streams while the
 // block computes (fp16, 128K tokens, 2 threads: 27.4 -> 24.6 ms, against the
@@ -93,16 +94,6 @@ HWY_INLINE void ScoreKeysTail(const float* HWY_RESTRICT q, int64_t head_dim, Hea
   }
 }
 
-// Scores of kKeyGroup keys for kRows rows, all of one kv head:
-//   s[r * s_stride + t] = q[r] . k_t  for r < kRows, t < kKeyGroup
-//   q: [kRows][head_dim] floats (pre-scaled); k_t: k_rows[t] in the cache's type.
-// Each K vector is loaded and converted once for all kRows rows. A key's score
-// is the same bits wherever it sits in a group (StoreSumsOf4).
-// With 32 vector registers, one pass of kRows x 4 accumulators; with 16
-// (kRows x 4 would spill past 2 rows), two passes of kRows x 2 (keys t0, t0 + 1),
-// whose sums pair two rows' two keys in one StoreSumsOf4: the same number of
-// reductions per score as 2 rows x 4 keys, and each K vector converted once
-// for all rows instead of once per 2 rows.
 // v from here on in a register of its own. For the 16-register passes: GCC
 // 12 folds each q row's load into the memory operands of both its FMAs (one
 // per key), 10 loads per 8 FMAs per step, more than the two vector loads per
@@ -117,6 +108,16 @@ HWY_INLINE void InRegister(V& v) {
 #endif
 }
 
+// Scores of kKeyGroup keys for kRows rows, all of one kv head:
+//   s[r * s_stride + t] = q[r] . k_t  for r < kRows, t < kKeyGroup
+//   q: [kRows][head_dim] floats (pre-scaled); k_t: k_rows[t] in the cache's type.
+// Each K vector is loaded and converted once for all kRows rows. A key's score
+// is the same bits wherever it sits in a group (StoreSumsOf4).
+// With 32 vector registers, one pass of kRows x 4 accumulators; with 16
+// (kRows x 4 would spill past 2 rows), two passes of kRows x 2 (keys t0, t0 + 1),
+// whose sums pair two rows' two keys in one StoreSumsOf4: the same number of
+// reductions per score as 2 rows x 4 keys, and each K vector converted once
+// for all rows instead of once per 2 rows.
 template <DType kDtype, int kRows, int kKeys, class D>
 HWY_INLINE void ScoreKeysPass(D d, const float* HWY_RESTRICT q, int64_t head_dim,
                               HeadRows k_rows, int t0, float* HWY_RESTRICT s, int64_t s_stride) {
@@ -695,8 +696,7 @@ int64_t decode_block_keys(int64_t kv_heads, int64_t head_dim, int64_t head_dim_v
   while (block > kDecodeMinBlockKeys && 2 * block * token_bytes > l2_cache_bytes() / 2) block /= 2;
   return block;
 }
-}  // namespace qkv::internal
-namespace qkv::internal {
+
 HWY_EXPORT(DecodeForwardImpl);
 HWY_EXPORT(DecodeInt8EngineImpl);
 
