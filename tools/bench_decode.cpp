@@ -176,10 +176,11 @@ Timing time_steps(const std::function<void()>& step, int threads, int warmups, d
 
 // Keys per task of qkv's decode kernel for one sequence of `keys` tokens, as
 // decode.cpp chooses them (about 2 tasks per thread, none under 256 keys, a
-// multiple of 64 keys, its largest block): the order the kernel-order stream copies.
+// multiple of its largest block): the order the kernel-order stream copies.
 int64_t kernel_chunk(int64_t keys, int threads) {
+  constexpr int64_t kRound = internal::kDecodeMaxBlockKeys;
   const int64_t splits = std::clamp<int64_t>(2 * threads, 1, std::max<int64_t>(1, keys / 256));
-  return (std::max<int64_t>(1, (keys + splits - 1) / splits) + 63) / 64 * 64;
+  return (std::max<int64_t>(1, (keys + splits - 1) / splits) + kRound - 1) / kRound * kRound;
 }
 
 // ------------------------------------------------------------------ one row
