@@ -14,6 +14,7 @@
 #include "kernels/decode.h"
 #include "kernels/flash_forward.h"
 #include "runtime/amx.h"
+#include "runtime/caches.h"
 #include "qkv/qkv.h"
 #include "runtime/half.h"
 #include "test_util.h"
@@ -136,7 +137,7 @@ TEST(KVCache, DecodeOverEveryStorageTypeMatchesTheReference) {
   }
 }
 
-// The decode kernel's block of keys is 64, 32 or 16 from the L2 size; each
+// The decode kernel's block of keys is 64, 32 or 16 from the caches and the step; each
 // forced, with lengths that end blocks part way (600 tokens, 8 kv heads),
 // against the reference for every storage type, on every target; the int8
 // integer path (16-bit weights per block) against the float path on every
@@ -181,6 +182,29 @@ TEST(KVCache, EveryBlockSizeMatchesTheReference) {
     internal::flash_force_target(0);
     internal::set_decode_fixed_point_enabled(true);
   }
+}
+
+// The block the decode kernel picks: with a 2 MiB L2, 64 keys for a step
+// whose cache fits a quarter of the L3; past it (a step of 2^30 keys, more
+// than any L3) blocks of at most 128 KiB of K and V rows: 32 keys of 8 kv
+// heads of 128 in float16, 16 in float32, 64 in int8 (its scales not
+// counted). With a 512 KiB L2, two blocks in half of it whatever the step.
+TEST(KVCache, BlockKeysFollowTheCachesAndTheStep) {
+  struct Restore {
+    ~Restore() { internal::set_l2_cache_bytes_for_test(0); }
+  } restore;
+  constexpr int64_t kHuge = int64_t{1} << 30;
+  internal::set_l2_cache_bytes_for_test(int64_t{2} << 20);
+  EXPECT_EQ(internal::decode_block_keys(8, 128, 128, DType::kFloat16, 1), 64);
+  EXPECT_EQ(internal::decode_block_keys(8, 128, 128, DType::kFloat16, kHuge), 32);
+  EXPECT_EQ(internal::decode_block_keys(8, 128, 128, DType::kBFloat16, kHuge), 32);
+  EXPECT_EQ(internal::decode_block_keys(8, 128, 128, DType::kFloat32, kHuge), 16);
+  EXPECT_EQ(internal::decode_block_keys(8, 128, 128, DType::kInt8, kHuge), 64);
+  EXPECT_EQ(internal::decode_block_keys(1, 128, 128, DType::kFloat16, kHuge), 64);
+  internal::set_l2_cache_bytes_for_test(int64_t{512} << 10);
+  EXPECT_EQ(internal::decode_block_keys(8, 128, 128, DType::kFloat16, 1), 32);
+  EXPECT_EQ(internal::decode_block_keys(8, 128, 128, DType::kFloat32, 1), 16);
+  EXPECT_EQ(internal::decode_block_keys(8, 128, 128, DType::kInt8, 1), 64);
 }
 
 TEST(KVCache, SeveralQueryRowsGqaMqaAndOddHeadDims) {

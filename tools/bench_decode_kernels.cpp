@@ -161,8 +161,8 @@ uint32_t StreamCacheImpl(const KVCache& cache, int threads, int64_t chunk) {
   using V = hn::Vec<decltype(d)>;
   const int64_t vec_bytes = static_cast<int64_t>(hn::Lanes(d) * sizeof(uint32_t));
   const KVCacheConfig& c = cache.config();
-  const int64_t block = internal::decode_block_keys(c.kv_heads, c.head_dim, c.head_dim_v, c.dtype);
   const int64_t n = cache.lengths()[0];
+  const int64_t block = internal::decode_block_keys(c.kv_heads, c.head_dim, c.head_dim_v, c.dtype, n);
   const int64_t elem = static_cast<int64_t>(dtype_size(c.dtype));
   const int64_t k_bytes = c.head_dim * elem, v_bytes = c.head_dim_v * elem;
   const int64_t first = cache.token_index(0, 0) * c.kv_heads;

@@ -8,7 +8,8 @@
 //   m = max_c m_c,  l = sum_c 2^(m_c - m) l_c,  acc = sum_c 2^(m_c - m) acc_c
 // skipping chunks with no visible key (m_c = -inf), and writes o and lse.
 //
-// Per block of keys (decode_block_keys: 64, fewer where the L2 is small):
+// Per block of keys (decode_block_keys: 64, fewer where the L2 is small or the
+// cache streams from memory):
 // scores with the K rows streamed from memory and converted in registers (one
 // pass over each K row serves all R rows), the options and online softmax of
 // online_softmax-inl.h, then P.V per kv head with the V rows of the block
@@ -616,9 +617,12 @@ void DecodeForwardImpl(const AttentionProblem& p, int num_splits) {
   g.dv_pad = RoundUp(p.head_dim_v, N);
   g.rows_pad = RoundUp(g.rows, N);
   g.state = g.rows * g.dv_pad + 2 * g.rows_pad;
-  g.block = decode_block_keys(p.kv_heads, p.head_dim, p.head_dim_v, p.kv_dtype);
-  int64_t max_keys = 0;
-  for (int64_t b = 0; b < p.batch; ++b) max_keys = std::max(max_keys, p.keys(b));
+  int64_t max_keys = 0, step_keys = 0;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    max_keys = std::max(max_keys, p.keys(b));
+    step_keys += p.keys(b);
+  }
+  g.block = decode_block_keys(p.kv_heads, p.head_dim, p.head_dim_v, p.kv_dtype, step_keys);
   const int64_t pairs = p.batch * p.kv_heads;
   if (num_splits > 0) {
     g.splits = num_splits;
@@ -686,14 +690,23 @@ std::atomic<int64_t> g_block_keys{0};
 }  // namespace
 void set_decode_block_keys(int64_t keys) { g_block_keys.store(keys, std::memory_order_relaxed); }
 
-int64_t decode_block_keys(int64_t kv_heads, int64_t head_dim, int64_t head_dim_v, DType kv_dtype) {
+int64_t decode_block_keys(int64_t kv_heads, int64_t head_dim, int64_t head_dim_v, DType kv_dtype,
+                          int64_t step_keys) {
   const int64_t forced = g_block_keys.load(std::memory_order_relaxed);
   if (forced >= kDecodeMinBlockKeys && forced <= kDecodeMaxBlockKeys && forced % kDecodeMinBlockKeys == 0) {
     return forced;
   }
+  // K and V row bytes of one token, all kv heads (int8's scales left out: a
+  // 64-key block of 8 kv heads of 128 is 128 KiB of rows, 132 with them).
   const int64_t token_bytes = kv_heads * (head_dim + head_dim_v) * static_cast<int64_t>(dtype_size(kv_dtype));
+  const int64_t l3 = l3_cache_bytes() > 0 ? l3_cache_bytes() : int64_t{32} << 20;
+  const bool streams = step_keys > l3 / 4 / std::max<int64_t>(token_bytes, 1);
   int64_t block = kDecodeMaxBlockKeys;
-  while (block > kDecodeMinBlockKeys && 2 * block * token_bytes > l2_cache_bytes() / 2) block /= 2;
+  while (block > kDecodeMinBlockKeys &&
+         (2 * block * token_bytes > l2_cache_bytes() / 2 ||
+          (streams && block * token_bytes > kDecodeStreamBlockBytes))) {
+    block /= 2;
+  }
   return block;
 }
 

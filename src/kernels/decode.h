@@ -41,14 +41,22 @@ void set_decode_fixed_point_enabled(bool enabled);
 //   rows: query rows per kv head (seq_q * heads / kv_heads)
 const char* decode_int8_engine(int64_t head_dim, int64_t head_dim_v, int64_t rows);
 
-// Keys per block of the decode kernel over a cache of these rows: 64, or 32
-// or 16 where two blocks' K and V of every kv head (the block computing and
-// the next one streaming into the L2) would take more than half the L2.
-// (Zen 3, 512 KiB L2, 8 kv heads of 128 in float16: 32. 2 threads, 128K
-// tokens, steps alternating in one process: 28.1 -> 25.7 ms against 64
-// keys; 16 keys between the two; int8 at 32 keys 2-4% slower than at 64.)
+// Keys per block of the decode kernel over a cache of these rows, for a step
+// that reads `step_keys` keys (all sequences together): 64, or 32 or 16 where
+//  - two blocks' K and V of every kv head (the block computing and the next
+//    one streaming into the L2) would take more than half the L2 (Zen 3, 512
+//    KiB L2, 8 kv heads of 128 in float16: 32; 2 threads, 128K tokens, steps
+//    alternating in one process: 28.1 -> 25.7 ms against 64 keys), or
+//  - the step streams from memory (its K and V more than a quarter of the L3)
+//    and a block's K and V rows would pass kDecodeStreamBlockBytes: the next
+//    block is requested one block ahead, and a lead of about 128 KiB per
+//    thread keeps memory busiest (Intel Xeon VM with 2 MiB L2, float16 at 8
+//    kv heads: 32 keys 5-7% faster than 64 from 32K to 1M tokens, 3-4% slower
+//    at 4K and 16K, where the cache is in the L3; float32 at 1M: 16 keys).
 inline constexpr int64_t kDecodeMaxBlockKeys = 64, kDecodeMinBlockKeys = 16;
-int64_t decode_block_keys(int64_t kv_heads, int64_t head_dim, int64_t head_dim_v, DType kv_dtype);
+inline constexpr int64_t kDecodeStreamBlockBytes = int64_t{128} << 10;
+int64_t decode_block_keys(int64_t kv_heads, int64_t head_dim, int64_t head_dim_v, DType kv_dtype,
+                          int64_t step_keys);
 // Forces decode_block_keys' answer (16, 32 or 64) from now on; 0 (the
 // default): chosen as above. For tests and tuning.
 void set_decode_block_keys(int64_t keys);
