@@ -699,7 +699,8 @@ int64_t decode_block_keys(int64_t kv_heads, int64_t head_dim, int64_t head_dim_v
   // K and V row bytes of one token, all kv heads (int8's scales left out: a
   // 64-key block of 8 kv heads of 128 is 128 KiB of rows, 132 with them).
   const int64_t token_bytes = kv_heads * (head_dim + head_dim_v) * static_cast<int64_t>(dtype_size(kv_dtype));
-  const int64_t l3 = l3_cache_bytes() > 0 ? l3_cache_bytes() : int64_t{32} << 20;
+  const int64_t known_l3 = l3_cache_bytes();  // 0: none known, taken as 32 MiB
+  const int64_t l3 = known_l3 > 0 ? known_l3 : int64_t{32} << 20;
   const bool streams = step_keys > l3 / 4 / std::max<int64_t>(token_bytes, 1);
   int64_t block = kDecodeMaxBlockKeys;
   while (block > kDecodeMinBlockKeys &&

@@ -287,7 +287,8 @@ struct Layout {
   int64_t splits = 0;   // chunks per (batch, kv head)
   int64_t chunk = 0;    // keys per chunk
   int64_t block = 0;    // keys per block: kBlock, or 32 or 16 where two blocks'
-                        // K and V would crowd the L2 (decode_block_keys)
+                        // K and V would crowd the L2 or the cache streams from
+                        // memory (decode_block_keys)
   int64_t rows_pad = 0; // rows rounded up to N
   int64_t state = 0;    // floats of one task's partial state (a multiple of N):
                         // acc [rows][dv_pad], m [rows_pad], l [rows_pad]
