@@ -2,6 +2,7 @@
 #pragma once
 
 #include "qkv/attention.h"  // IWYU pragma: export
+#include "qkv/attention_backward.h"  // IWYU pragma: export
 #include "qkv/error.h"      // IWYU pragma: export
 #include "qkv/kv_cache.h"   // IWYU pragma: export
 #include "qkv/merge.h"      // IWYU pragma: export

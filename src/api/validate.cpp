@@ -11,10 +11,8 @@
 #include "runtime/threads.h"
 
 namespace qkv::internal {
-namespace {
-
 // Max elements of one tensor: keeps every offset computation in int64 range.
-constexpr int64_t kMaxElements = int64_t{1} << 50;
+static constexpr int64_t kMaxElements = int64_t{1} << 50;
 
 void check_view(const Tensor& t, const char* name, int rank) {
   // A view with no elements may have no data (e.g. an empty std::vector's).
@@ -34,6 +32,10 @@ void check_view(const Tensor& t, const char* name, int rank) {
   }
 }
 
+void check_float32_vector(const Tensor& t, const char* name) {
+  if (t.dtype != DType::kFloat32) fail(name, " must be float32, not ", dtype_name(t.dtype));
+}
+
 void check_bshd(const Tensor& t, const char* name) {
   check_view(t, name, 4);
   if (t.strides[3] != 1 && t.shape[3] > 1) {
@@ -43,12 +45,6 @@ void check_bshd(const Tensor& t, const char* name) {
 }
 
 Bshd bshd_strides(const Tensor& t) { return Bshd{t.strides[0], t.strides[1], t.strides[2]}; }
-
-void check_float32_vector(const Tensor& t, const char* name) {
-  if (t.dtype != DType::kFloat32) fail(name, " must be float32, not ", dtype_name(t.dtype));
-}
-
-}  // namespace
 
 AttentionProblem make_problem(const AttentionParams& p) {
   check_bshd(p.q, "q");

@@ -1,0 +1,460 @@
+// Flash backward: blocks of keys x chunks of query rows, the probabilities
+// recomputed from the forward's lse (P = exp(s - lse)), so no seq_q x seq_kv
+// matrix exists.
+//
+// Rows: a (batch, kv head) pair's query rows are its positions times the GQA
+// group, stacked as in the forward (row r = position r / group, head
+// kv_head * group + r % group), so one key block serves the whole group and
+// dK, dV sum over the group's heads without any exchange.
+//
+// Per round of pairs whose packed operands fit the budget:
+//   1. pack, per pair (one task each), in float32: Q (scaled into score
+//      units, ScoreUnits) as row panels [head_dim][<= kMaxPanelRows] and as
+//      rows [rows][d_pad]; dO the same; lse in score units and
+//      D = dO . O per row; K^T as key panels [head_dim][2N] and K as rows
+//      [keys][d_pad]; V^T as key panels [head_dim_v][2N]. The sinks'
+//      gradient is summed here too (it needs only lse and D).
+//   2. tasks = (pair, block of kBlockKeys keys), block-major, dealt
+//      round-robin to the threads (reproducible bits). A task owns its keys' dK
+//      and dV (float32, in scratch) and walks the chunks of kChunkRows rows
+//      that see some key of the block:
+//        S = Q.K^T and dP = dO.V^T (QKPanel), the score options applied per
+//        row (ApplyScoreOptions, the forward's), P = 2^(S - lse),
+//        dS = P (dP - D) (times 1 - tanh^2 under a softcap);
+//        dQ += dS.K into the thread's own dQ accumulator (PVPanel);
+//        P and dS transposed; dV += P^T.dO, dK += dS^T.Q (PVPanel).
+//      Then the block's dK and dV are scaled and stored.
+//   3. dq = scale * (sum of the threads' accumulators), per row, stored.
+// Every product is the forward's register-blocked micro-kernel.
+
+#include "kernels/flash_backward.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "runtime/scratch.h"
+#include "runtime/threads.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/flash_backward.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "hwy/aligned_allocator.h"
+#include "hwy/contrib/math/math-inl.h"
+#include "hwy/highway.h"
+#include "kernels/convert-inl.h"
+#include "kernels/exp2-inl.h"
+#include "kernels/microkernel-inl.h"
+#include "kernels/online_softmax-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace qkv::internal {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+namespace {
+
+// Keys per task and query rows per chunk. A chunk's S, dP and their
+// transposes are 4 x 96 x 128 floats (192 KiB), the block's K, V, dK and dV
+// rows 4 x 128 x 128 (256 KiB at head_dim 128), a chunk's Q and dO rows
+// 2 x 96 x 128 x 2 (192 KiB, two layouts): about the L2 of one core.
+constexpr int64_t kBlockKeys = 128;
+constexpr int64_t kChunkRows = 96;  // a multiple of every kMaxPanelRows
+static_assert(kChunkRows % kMaxPanelRows == 0);
+static_assert(kBlockKeys <= kMaxBlockKv);
+// Row stride of the transposed blocks: padded off 4 KiB aliasing as kScoreStride.
+constexpr int64_t kTransposedStride = kChunkRows + 16;
+constexpr int64_t kPackBudgetBytes = int64_t{64} << 20;
+
+int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+int64_t CeilDiv(int64_t x, int64_t m) { return (x + m - 1) / m; }
+
+// Sizes derived once per call; offsets of one pair's packed operands.
+struct Geometry {
+  int64_t lanes = 0, key_panel = 0;  // N, 2N
+  int64_t d_pad = 0, dv_pad = 0;     // head_dim, head_dim_v rounded up to N
+  int64_t rows = 0;                  // query rows per pair: seq_q * group
+  int64_t keys_pad = 0;              // seq_kv rounded up to the key panel
+  int64_t blocks = 0;                // key blocks per pair
+  // Floats of one pair's packed operands, in this order.
+  int64_t q_panels = 0, q_rows = 0, do_panels = 0, do_rows = 0, lse = 0, dsum = 0;
+  int64_t k_panels = 0, k_rows = 0, v_panels = 0;
+  int64_t pair_floats = 0;
+  int64_t pairs_per_round = 0;
+
+  Geometry(const AttentionProblem& p, int threads) {
+    const hn::ScalableTag<float> d;
+    lanes = static_cast<int64_t>(hn::Lanes(d));
+    key_panel = 2 * lanes;
+    d_pad = RoundUp(p.head_dim, lanes);
+    dv_pad = RoundUp(p.head_dim_v, lanes);
+    rows = p.seq_q * p.group;
+    keys_pad = RoundUp(p.seq_kv, key_panel);
+    blocks = CeilDiv(p.seq_kv, kBlockKeys);
+    q_panels = q_rows = rows * d_pad;
+    do_panels = do_rows = rows * dv_pad;
+    lse = dsum = RoundUp(rows, lanes);
+    k_panels = k_rows = keys_pad * d_pad;
+    v_panels = keys_pad * dv_pad;
+    pair_floats = q_panels + q_rows + do_panels + do_rows + lse + dsum + k_panels + k_rows + v_panels;
+    // A pair's packs plus each thread's dQ rows for it.
+    const int64_t pair_bytes = (pair_floats + threads * rows * d_pad) * 4;
+    pairs_per_round = std::clamp<int64_t>(kPackBudgetBytes / std::max<int64_t>(1, pair_bytes), 1,
+                                          std::max<int64_t>(1, p.batch * p.kv_heads));
+  }
+};
+
+// One pair's packed operands (views into the round's buffer).
+struct PairPack {
+  float *q_panels, *q_rows, *do_panels, *do_rows, *lse, *dsum;
+  float *k_panels, *k_rows, *v_panels;
+  PairPack(const Geometry& g, float* base) {
+    float* at = base;
+    const auto take = [&](int64_t n) {
+      float* out = at;
+      at += n;
+      return out;
+    };
+    q_panels = take(g.q_panels);
+    q_rows = take(g.q_rows);
+    do_panels = take(g.do_panels);
+    do_rows = take(g.do_rows);
+    lse = take(g.lse);
+    dsum = take(g.dsum);
+    k_panels = take(g.k_panels);
+    k_rows = take(g.k_rows);
+    v_panels = take(g.v_panels);
+  }
+};
+
+// Query row r of pair (b, kvh): its position and head, and its visible keys.
+TileRow MakeRow(const AttentionProblem& p, int64_t b, int64_t kvh, int64_t r) {
+  TileRow row;
+  row.batch = b;
+  row.query = r / p.group;
+  row.head = kvh * p.group + r % p.group;
+  row.lo = std::max<int64_t>(0, p.key_lo(b, row.query));
+  row.hi = p.key_hi(b, row.query);
+  return row;
+}
+
+// rows [n][dim] (row-major, dim_pad apart) -> panels: the panel of rows
+// [r0, r0 + kr) (r0 a multiple of kMaxPanelRows, kr = the rows left, at most
+// kMaxPanelRows) stored at panels + r0 * dim_pad as [dim][kr], QKPanel's q.
+void RowsToPanels(const float* HWY_RESTRICT rows, int64_t n, int64_t dim, int64_t dim_pad,
+                  float* HWY_RESTRICT panels) {
+  for (int64_t r0 = 0; r0 < n; r0 += kMaxPanelRows) {
+    const int64_t kr = std::min<int64_t>(kMaxPanelRows, n - r0);
+    float* panel = panels + r0 * dim_pad;
+    for (int64_t r = 0; r < kr; ++r) {
+      const float* row = rows + (r0 + r) * dim_pad;
+      for (int64_t c = 0; c < dim; ++c) panel[c * kr + r] = row[c];
+    }
+  }
+}
+
+// rows [keys_pad][dim] -> key panels [dim][2N] at panels + j * dim for each
+// panel start j (QKPanel's kt).
+void RowsToKeyPanels(const float* HWY_RESTRICT rows, int64_t keys_pad, int64_t key_panel,
+                     int64_t dim, int64_t dim_pad, float* HWY_RESTRICT panels) {
+  for (int64_t j0 = 0; j0 < keys_pad; j0 += key_panel) {
+    float* panel = panels + j0 * dim;
+    for (int64_t l = 0; l < key_panel; ++l) {
+      const float* row = rows + (j0 + l) * dim_pad;
+      for (int64_t c = 0; c < dim; ++c) panel[c * key_panel + l] = row[c];
+    }
+  }
+}
+
+// Packs pair (b, kvh): see the file comment. `vrows`: scratch of
+// keys_pad * dv_pad floats (V's rows, before their transpose). Adds the
+// pair's rows' share of dL/dsink to dsink_part[h] for its heads.
+void PackPair(const BackwardProblem& bp, const Geometry& g, const ScoreUnits& units, int64_t b,
+              int64_t kvh, const PairPack& pk, float* HWY_RESTRICT vrows, double* dsink_part) {
+  const AttentionProblem& p = bp.fwd;
+  const int64_t keys = p.keys(b);
+  std::vector<float> o_row(static_cast<size_t>(g.dv_pad));
+  for (int64_t r = 0; r < g.rows; ++r) {
+    const int64_t i = r / p.group, h = kvh * p.group + r % p.group;
+    float* q = pk.q_rows + r * g.d_pad;
+    LoadRowScaled(p.dtype, static_cast<const char*>(p.q) + p.q_stride.offset(b, i, h) * dtype_size(p.dtype),
+                  p.head_dim, units.q_scale, q);
+    std::fill(q + p.head_dim, q + g.d_pad, 0.0f);
+    float* dout = pk.do_rows + r * g.dv_pad;
+    const size_t elem = dtype_size(p.dtype);
+    LoadRowScaled(p.dtype, static_cast<const char*>(bp.dout) + bp.dout_stride.offset(b, i, h) * elem,
+                  p.head_dim_v, 1.0f, dout);
+    std::fill(dout + p.head_dim_v, dout + g.dv_pad, 0.0f);
+    LoadRowScaled(p.dtype, static_cast<const char*>(p.o) + p.o_stride.offset(b, i, h) * elem,
+                  p.head_dim_v, 1.0f, o_row.data());
+    double dsum = 0;
+    for (int64_t c = 0; c < p.head_dim_v; ++c) dsum += static_cast<double>(dout[c]) * o_row[c];
+    const float lse = p.lse[b * p.lse_stride_b + h * p.lse_stride_h + i * p.lse_stride_s];
+    // An empty row (lse = -inf) gets +inf: every 2^(s - lse) is then 0.
+    pk.lse[r] = lse == -std::numeric_limits<float>::infinity()
+                    ? std::numeric_limits<float>::infinity()
+                    : units.from_natural(lse);
+    pk.dsum[r] = static_cast<float>(dsum);
+    if (p.sinks && std::isfinite(lse)) {
+      dsink_part[h] -= std::exp(static_cast<double>(p.sinks[h * p.sinks_stride]) - lse) * dsum;
+    }
+  }
+  RowsToPanels(pk.q_rows, g.rows, p.head_dim, g.d_pad, pk.q_panels);
+  RowsToPanels(pk.do_rows, g.rows, p.head_dim_v, g.dv_pad, pk.do_panels);
+  for (int64_t j = 0; j < g.keys_pad; ++j) {
+    float* k = pk.k_rows + j * g.d_pad;
+    float* v = vrows + j * g.dv_pad;
+    if (j < keys) {
+      LoadRowScaled(p.kv_dtype, p.key_row(b, j, kvh).data, p.head_dim, 1.0f, k);
+      LoadRowScaled(p.kv_dtype, p.value_row(b, j, kvh).data, p.head_dim_v, 1.0f, v);
+      std::fill(k + p.head_dim, k + g.d_pad, 0.0f);
+      std::fill(v + p.head_dim_v, v + g.dv_pad, 0.0f);
+    } else {
+      std::fill(k, k + g.d_pad, 0.0f);
+      std::fill(v, v + g.dv_pad, 0.0f);
+    }
+  }
+  RowsToKeyPanels(pk.k_rows, g.keys_pad, g.key_panel, p.head_dim, g.d_pad, pk.k_panels);
+  RowsToKeyPanels(vrows, g.keys_pad, g.key_panel, p.head_dim_v, g.dv_pad, pk.v_panels);
+}
+
+// Per-thread scratch for one task.
+struct Scratch {
+  hwy::AlignedFreeUniquePtr<float[]> s, dp, u, pt, dst, dk, dv;
+  hwy::AlignedFreeUniquePtr<TileRow[]> rows;
+  Scratch(const Geometry& g)
+      : s(hwy::AllocateAligned<float>(kChunkRows * kScoreStride)),
+        dp(hwy::AllocateAligned<float>(kChunkRows * kScoreStride)),
+        u(hwy::AllocateAligned<float>(kChunkRows * kScoreStride)),
+        pt(hwy::AllocateAligned<float>(kBlockKeys * kTransposedStride)),
+        dst(hwy::AllocateAligned<float>(kBlockKeys * kTransposedStride)),
+        dk(hwy::AllocateAligned<float>(kBlockKeys * g.d_pad)),
+        dv(hwy::AllocateAligned<float>(kBlockKeys * g.dv_pad)),
+        rows(hwy::AllocateAligned<TileRow>(kChunkRows)) {}
+};
+
+// o[r][0, dim_pad) += sum_{j < n} a[r][j] * b[j][0, dim_pad) for r < kRows:
+// PVPanel over the columns, two vectors at a time.
+template <int kRows, int64_t kAStride, class D>
+HWY_INLINE void AccumulateProduct(D d, const float* HWY_RESTRICT a, const float* HWY_RESTRICT b,
+                                  int64_t n, int64_t dim_pad, float* HWY_RESTRICT o) {
+  static constexpr float kOnes[12] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+  static_assert(kRows <= 12);
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  int64_t c = 0;
+  for (; c + 2 * N <= dim_pad; c += 2 * N) {
+    PVPanel<kRows, 2, kAStride>(d, a, b + c, dim_pad, n, kOnes, o + c, dim_pad);
+  }
+  if (c < dim_pad) PVPanel<kRows, 1, kAStride>(d, a, b + c, dim_pad, n, kOnes, o + c, dim_pad);
+}
+
+// The rows [r0, r0 + n_rows) of pair (b, kvh) against keys [j0, j0 + n):
+// dQ rows (dq_acc, [rows][d_pad]) and the block's dK, dV (w.dk, w.dv, keys
+// from j0) accumulated.
+void RunChunk(const BackwardProblem& bp, const Geometry& g, const ScoreUnits& units,
+              const PairPack& pk, int64_t r0, int64_t n_rows, int64_t j0, int64_t n,
+              bool interval_mask, float* HWY_RESTRICT dq_acc, Scratch& w) {
+  const AttentionProblem& p = bp.fwd;
+  const hn::ScalableTag<float> d;
+  using V = hn::Vec<decltype(d)>;
+  const int64_t N = g.lanes;
+  const int64_t n_pad = RoundUp(n, g.key_panel);
+
+  // 1. S = Q.K^T, dP = dO.V^T, panel by panel.
+  for (int64_t t = 0; t < n_rows; t += kMaxPanelRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kMaxPanelRows, n_rows - t));
+    WithPanelRows(rows, [&](auto kRows) {
+      const float* q = pk.q_panels + (r0 + t) * g.d_pad;
+      const float* dout = pk.do_panels + (r0 + t) * g.dv_pad;
+      for (int64_t kp = 0; kp < n_pad; kp += g.key_panel) {
+        QKPanel<kRows()>(d, q, pk.k_panels + (j0 + kp) * p.head_dim, p.head_dim,
+                         w.s.get() + t * kScoreStride + kp);
+        QKPanel<kRows()>(d, dout, pk.v_panels + (j0 + kp) * p.head_dim_v, p.head_dim_v,
+                         w.dp.get() + t * kScoreStride + kp);
+      }
+    });
+  }
+
+  // 2. Per row: the options, P = 2^(S - lse) (in s), dS (in dp).
+  const V to_log2 = hn::Set(d, units.to_log2);
+  const V zero = hn::Zero(d);
+  for (int64_t r = 0; r < n_rows; ++r) {
+    float* s = w.s.get() + r * kScoreStride;
+    float* dp = w.dp.get() + r * kScoreStride;
+    float* u = w.u.get() + r * kScoreStride;
+    if (p.softcap > 0) std::copy(s, s + n_pad, u);
+    ApplyScoreOptions(d, p, units, w.rows[r], j0, n, n_pad, interval_mask, s);
+    const V lse = hn::Set(d, pk.lse[r0 + r]);
+    const V dsum = hn::Set(d, pk.dsum[r0 + r]);
+    for (int64_t j = 0; j < n_pad; j += N) {
+      const V x = hn::Min(hn::Mul(hn::Sub(hn::Load(d, s + j), lse), to_log2), zero);
+      const V prob = Exp2NonPositive(d, x);
+      V ds = hn::Mul(prob, hn::Sub(hn::Load(d, dp + j), dsum));
+      if (p.softcap > 0) {
+        const V t = hn::Tanh(d, hn::Mul(hn::Load(d, u + j), hn::Set(d, 1.0f / p.softcap)));
+        ds = hn::Mul(ds, hn::NegMulAdd(t, t, hn::Set(d, 1.0f)));
+      }
+      hn::Store(prob, d, s + j);
+      hn::Store(ds, d, dp + j);
+    }
+  }
+
+  // 3. dQ += dS.K (scaled at the end).
+  for (int64_t t = 0; t < n_rows; t += kMaxPanelRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kMaxPanelRows, n_rows - t));
+    WithPanelRows(rows, [&](auto kRows) {
+      AccumulateProduct<kRows(), kScoreStride>(d, w.dp.get() + t * kScoreStride,
+                                               pk.k_rows + j0 * g.d_pad, n, g.d_pad,
+                                               dq_acc + (r0 + t) * g.d_pad);
+    });
+  }
+
+  // 4. P^T and dS^T; dV += P^T.dO, dK += dS^T.Q.
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const float* s = w.s.get() + r * kScoreStride;
+    const float* dp = w.dp.get() + r * kScoreStride;
+    for (int64_t j = 0; j < n; ++j) {
+      w.pt[j * kTransposedStride + r] = s[j];
+      w.dst[j * kTransposedStride + r] = dp[j];
+    }
+  }
+  for (int64_t t = 0; t < n; t += kMaxPanelRows) {
+    const int keys = static_cast<int>(std::min<int64_t>(kMaxPanelRows, n - t));
+    WithPanelRows(keys, [&](auto kRows) {
+      AccumulateProduct<kRows(), kTransposedStride>(d, w.pt.get() + t * kTransposedStride,
+                                                    pk.do_rows + r0 * g.dv_pad, n_rows, g.dv_pad,
+                                                    w.dv.get() + t * g.dv_pad);
+      AccumulateProduct<kRows(), kTransposedStride>(d, w.dst.get() + t * kTransposedStride,
+                                                    pk.q_rows + r0 * g.d_pad, n_rows, g.d_pad,
+                                                    w.dk.get() + t * g.d_pad);
+    });
+  }
+}
+
+// One task: key block `block` of pair (b, kvh), every row that sees it.
+void RunBlock(const BackwardProblem& bp, const Geometry& g, const ScoreUnits& units,
+              const PairPack& pk, int64_t b, int64_t kvh, int64_t block, float* HWY_RESTRICT dq_acc,
+              Scratch& w) {
+  const AttentionProblem& p = bp.fwd;
+  const int64_t j0 = block * kBlockKeys;
+  const int64_t j1 = std::min(j0 + kBlockKeys, p.seq_kv);
+  std::fill(w.dk.get(), w.dk.get() + kBlockKeys * g.d_pad, 0.0f);
+  std::fill(w.dv.get(), w.dv.get() + kBlockKeys * g.dv_pad, 0.0f);
+  const int64_t block_end = std::min(j1, p.keys(b));
+  if (block_end > j0) {
+    for (int64_t r0 = 0; r0 < g.rows; r0 += kChunkRows) {
+      const int64_t n_rows = std::min(kChunkRows, g.rows - r0);
+      for (int64_t r = 0; r < n_rows; ++r) w.rows[r] = MakeRow(p, b, kvh, r0 + r);
+      const BlockKeys keys = RowsBlockKeys(w.rows.get(), n_rows, j0, block_end);
+      if (keys.end == j0) continue;  // no row of the chunk sees a key of the block
+      RunChunk(bp, g, units, pk, r0, n_rows, j0, keys.end - j0, !keys.all_full, dq_acc, w);
+    }
+  }
+  // dk = scale * sum du q: the packed Q carried q_scale.
+  const size_t elem = dtype_size(p.dtype);
+  const float dk_scale = p.scale / units.q_scale;
+  for (int64_t j = j0; j < j1; ++j) {
+    StoreRowScaled(w.dk.get() + (j - j0) * g.d_pad, p.head_dim, dk_scale, p.dtype,
+                   static_cast<char*>(bp.dk) + bp.dk_stride.offset(b, j, kvh) * elem);
+    StoreRowScaled(w.dv.get() + (j - j0) * g.dv_pad, p.head_dim_v, 1.0f, p.dtype,
+                   static_cast<char*>(bp.dv) + bp.dv_stride.offset(b, j, kvh) * elem);
+  }
+}
+
+}  // namespace
+
+void FlashBackwardImpl(const BackwardProblem& bp) {
+  const AttentionProblem& p = bp.fwd;
+  const ScoreUnits units(p);
+  // Below about a million multiply-adds the call runs on the calling thread
+  // (as the forward's dispatch decides).
+  const double work = static_cast<double>(p.batch) * p.heads * p.seq_q * p.seq_kv *
+                      (p.head_dim + p.head_dim_v);
+  const int threads = work < double{1 << 20} ? 1 : p.num_threads;
+  const Geometry g(p, threads);
+  const int64_t pairs = p.batch * p.kv_heads;
+  const int64_t dq_floats = g.pairs_per_round * g.rows * g.d_pad;  // per thread
+  // Allocated before the parallel region, so std::bad_alloc reaches the caller.
+  const ScratchLease pack_lease =
+      acquire_scratch(static_cast<size_t>(g.pairs_per_round * g.pair_floats + threads * dq_floats));
+  float* const pack = pack_lease.data;
+  float* const dq_acc = pack + g.pairs_per_round * g.pair_floats;
+  std::vector<double> dsink_part(static_cast<size_t>(p.batch * p.heads), 0.0);
+
+#pragma omp parallel num_threads(threads)
+  {
+    ScopedFlushDenormals flush_denormals;
+    Scratch w(g);
+    auto vrows = hwy::AllocateAligned<float>(g.keys_pad * g.dv_pad);
+    auto sum = hwy::AllocateAligned<float>(g.d_pad);
+    const int me = omp_get_thread_num();
+    float* const my_dq = dq_acc + me * dq_floats;
+    for (int64_t first = 0; first < pairs; first += g.pairs_per_round) {
+      const int64_t count = std::min(g.pairs_per_round, pairs - first);
+      std::fill(my_dq, my_dq + count * g.rows * g.d_pad, 0.0f);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < count; ++t) {
+        const int64_t pair = first + t;
+        PackPair(bp, g, units, pair / p.kv_heads, pair % p.kv_heads,
+                 PairPack(g, pack + t * g.pair_floats), vrows.get(),
+                 dsink_part.data() + (pair / p.kv_heads) * p.heads);
+      }
+      // (implicit barrier: every pair packed)
+      // Round-robin over the tasks, block-major (the first blocks see the
+      // most rows under a causal mask, and each thread takes every
+      // threads-th): which thread adds which block into its dQ is fixed, so
+      // a call's results are the same bits on every run with the same
+      // number of threads.
+#pragma omp for schedule(static, 1)
+      for (int64_t t = 0; t < count * g.blocks; ++t) {
+        const int64_t slot = t % count, block = t / count;
+        const int64_t pair = first + slot;
+        RunBlock(bp, g, units, PairPack(g, pack + slot * g.pair_floats), pair / p.kv_heads,
+                 pair % p.kv_heads, block, my_dq + slot * g.rows * g.d_pad, w);
+      }
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < count * g.rows; ++t) {
+        // dq = scale * sum over threads of dQ (the packed Q's rows; K unscaled).
+        std::copy(dq_acc + t * g.d_pad, dq_acc + (t + 1) * g.d_pad, sum.get());
+        for (int other = 1; other < threads; ++other) {
+          const float* part = dq_acc + other * dq_floats + t * g.d_pad;
+          for (int64_t c = 0; c < g.d_pad; ++c) sum[c] += part[c];
+        }
+        const int64_t pair = first + t / g.rows, r = t % g.rows;
+        const int64_t b = pair / p.kv_heads, kvh = pair % p.kv_heads;
+        const int64_t i = r / p.group, h = kvh * p.group + r % p.group;
+        StoreRowScaled(sum.get(), p.head_dim, p.scale, p.dtype,
+                       static_cast<char*>(bp.dq) + bp.dq_stride.offset(b, i, h) * dtype_size(p.dtype));
+      }
+    }
+  }
+  if (bp.dsinks) {
+    for (int64_t h = 0; h < p.heads; ++h) {
+      double sum = 0;
+      for (int64_t b = 0; b < p.batch; ++b) sum += dsink_part[b * p.heads + h];
+      bp.dsinks[h * bp.dsinks_stride] = static_cast<float>(sum);
+    }
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace qkv::internal
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace qkv::internal {
+
+HWY_EXPORT(FlashBackwardImpl);
+
+void flash_backward(const BackwardProblem& problem) {
+  HWY_DYNAMIC_DISPATCH(FlashBackwardImpl)(problem);
+}
+
+}  // namespace qkv::internal
+#endif  // HWY_ONCE
