@@ -10,9 +10,9 @@
 // Per round of pairs whose packed operands fit the budget:
 //   1. pack, per pair (one task each), in float32: Q (scaled into score
 //      units, ScoreUnits) as row panels [head_dim][<= kMaxPanelRows] and as
-//      rows [rows][d_pad]; dO the same; lse in score units and
-//      D = dO . O per row; K^T as key panels [head_dim][2N] and K as rows
-//      [keys][d_pad]; V^T as key panels [head_dim_v][2N]. The sinks'
+//      column panels [d_pad / 2N][rows][2N]; dO the same; lse in score
+//      units and D = dO . O per row; K^T as key panels [head_dim][2N] and K
+//      in column panels; V^T as key panels [head_dim_v][2N]. The sinks'
 //      gradient is summed here too (it needs only lse and D).
 //   2. tasks = (pair, block of kBlockKeys keys), block-major, dealt
 //      round-robin to the threads (reproducible bits). A task owns its keys' dK
@@ -84,8 +84,8 @@ struct Geometry {
   int64_t keys_pad = 0;              // seq_kv rounded up to the key panel
   int64_t blocks = 0;                // key blocks per pair
   // Floats of one pair's packed operands, in this order.
-  int64_t q_panels = 0, q_rows = 0, do_panels = 0, do_rows = 0, lse = 0, dsum = 0;
-  int64_t k_panels = 0, k_rows = 0, v_panels = 0;
+  int64_t q_panels = 0, q_cols = 0, do_panels = 0, do_cols = 0, lse = 0, dsum = 0;
+  int64_t k_panels = 0, k_cols = 0, v_panels = 0;
   int64_t pair_floats = 0;
   int64_t pairs_per_round = 0;
 
@@ -98,12 +98,12 @@ struct Geometry {
     rows = p.seq_q * p.group;
     keys_pad = RoundUp(p.seq_kv, key_panel);
     blocks = CeilDiv(p.seq_kv, kBlockKeys);
-    q_panels = q_rows = rows * d_pad;
-    do_panels = do_rows = rows * dv_pad;
+    q_panels = q_cols = rows * d_pad;
+    do_panels = do_cols = rows * dv_pad;
     lse = dsum = RoundUp(rows, lanes);
-    k_panels = k_rows = keys_pad * d_pad;
+    k_panels = k_cols = keys_pad * d_pad;
     v_panels = keys_pad * dv_pad;
-    pair_floats = q_panels + q_rows + do_panels + do_rows + lse + dsum + k_panels + k_rows + v_panels;
+    pair_floats = q_panels + q_cols + do_panels + do_cols + lse + dsum + k_panels + k_cols + v_panels;
     // A pair's packs plus each thread's dQ rows for it.
     const int64_t pair_bytes = (pair_floats + threads * rows * d_pad) * 4;
     pairs_per_round = std::clamp<int64_t>(kPackBudgetBytes / std::max<int64_t>(1, pair_bytes), 1,
@@ -113,8 +113,8 @@ struct Geometry {
 
 // One pair's packed operands (views into the round's buffer).
 struct PairPack {
-  float *q_panels, *q_rows, *do_panels, *do_rows, *lse, *dsum;
-  float *k_panels, *k_rows, *v_panels;
+  float *q_panels, *q_cols, *do_panels, *do_cols, *lse, *dsum;
+  float *k_panels, *k_cols, *v_panels;
   PairPack(const Geometry& g, float* base) {
     float* at = base;
     const auto take = [&](int64_t n) {
@@ -123,13 +123,13 @@ struct PairPack {
       return out;
     };
     q_panels = take(g.q_panels);
-    q_rows = take(g.q_rows);
+    q_cols = take(g.q_cols);
     do_panels = take(g.do_panels);
-    do_rows = take(g.do_rows);
+    do_cols = take(g.do_cols);
     lse = take(g.lse);
     dsum = take(g.dsum);
     k_panels = take(g.k_panels);
-    k_rows = take(g.k_rows);
+    k_cols = take(g.k_cols);
     v_panels = take(g.v_panels);
   }
 };
@@ -190,27 +190,47 @@ void RowsToKeyPanels(const float* HWY_RESTRICT rows, int64_t keys_pad, int64_t k
   }
 }
 
-// Packs pair (b, kvh): see the file comment. `vrows`: scratch of
-// keys_pad * dv_pad floats (V's rows, before their transpose). Adds the
-// pair's rows' share of dL/dsink to dsink_part[h] for its heads.
+// rows [n][dim_pad] -> column panels: columns [c, c + w) of every row
+// stored together as [n][w] at cols + c * n (w = 2N, or N for the last
+// panel of an odd multiple of N): PVPanel's v, read as one contiguous run.
+void RowsToColumnPanels(const float* HWY_RESTRICT rows, int64_t n, int64_t dim_pad,
+                        int64_t key_panel, float* HWY_RESTRICT cols) {
+  for (int64_t c = 0; c < dim_pad; c += key_panel) {
+    const int64_t w = std::min(key_panel, dim_pad - c);
+    float* panel = cols + c * n;
+    for (int64_t r = 0; r < n; ++r) std::copy(rows + r * dim_pad + c, rows + r * dim_pad + c + w, panel + r * w);
+  }
+}
+
+// Packs pair (b, kvh): see the file comment. `tmp`: scratch of
+// max(rows, keys_pad) * max(d_pad, dv_pad) floats (rows before their
+// rearrangement). Adds the pair's rows' share of dL/dsink to dsink_part[h]
+// for its heads.
 void PackPair(const BackwardProblem& bp, const Geometry& g, const ScoreUnits& units, int64_t b,
-              int64_t kvh, const PairPack& pk, float* HWY_RESTRICT vrows, double* dsink_part) {
+              int64_t kvh, const PairPack& pk, float* HWY_RESTRICT tmp, double* dsink_part) {
   const AttentionProblem& p = bp.fwd;
   const int64_t keys = p.keys(b);
+  const size_t elem = dtype_size(p.dtype);
+  const auto row_of = [&](const void* base, const Bshd& stride, int64_t i, int64_t h) {
+    return static_cast<const char*>(base) + stride.offset(b, i, h) * elem;
+  };
+  // Q, scaled into score units.
+  for (int64_t r = 0; r < g.rows; ++r) {
+    const int64_t i = r / p.group, h = kvh * p.group + r % p.group;
+    float* q = tmp + r * g.d_pad;
+    LoadRowScaled(p.dtype, row_of(p.q, p.q_stride, i, h), p.head_dim, units.q_scale, q);
+    std::fill(q + p.head_dim, q + g.d_pad, 0.0f);
+  }
+  RowsToPanels(tmp, g.rows, p.head_dim, g.d_pad, pk.q_panels);
+  RowsToColumnPanels(tmp, g.rows, g.d_pad, g.key_panel, pk.q_cols);
+  // dO; lse and D = dO . O per row.
   std::vector<float> o_row(static_cast<size_t>(g.dv_pad));
   for (int64_t r = 0; r < g.rows; ++r) {
     const int64_t i = r / p.group, h = kvh * p.group + r % p.group;
-    float* q = pk.q_rows + r * g.d_pad;
-    LoadRowScaled(p.dtype, static_cast<const char*>(p.q) + p.q_stride.offset(b, i, h) * dtype_size(p.dtype),
-                  p.head_dim, units.q_scale, q);
-    std::fill(q + p.head_dim, q + g.d_pad, 0.0f);
-    float* dout = pk.do_rows + r * g.dv_pad;
-    const size_t elem = dtype_size(p.dtype);
-    LoadRowScaled(p.dtype, static_cast<const char*>(bp.dout) + bp.dout_stride.offset(b, i, h) * elem,
-                  p.head_dim_v, 1.0f, dout);
+    float* dout = tmp + r * g.dv_pad;
+    LoadRowScaled(p.dtype, row_of(bp.dout, bp.dout_stride, i, h), p.head_dim_v, 1.0f, dout);
     std::fill(dout + p.head_dim_v, dout + g.dv_pad, 0.0f);
-    LoadRowScaled(p.dtype, static_cast<const char*>(p.o) + p.o_stride.offset(b, i, h) * elem,
-                  p.head_dim_v, 1.0f, o_row.data());
+    LoadRowScaled(p.dtype, row_of(p.o, p.o_stride, i, h), p.head_dim_v, 1.0f, o_row.data());
     double dsum = 0;
     for (int64_t c = 0; c < p.head_dim_v; ++c) dsum += static_cast<double>(dout[c]) * o_row[c];
     const float lse = p.lse[b * p.lse_stride_b + h * p.lse_stride_h + i * p.lse_stride_s];
@@ -223,23 +243,26 @@ void PackPair(const BackwardProblem& bp, const Geometry& g, const ScoreUnits& un
       dsink_part[h] -= std::exp(static_cast<double>(p.sinks[h * p.sinks_stride]) - lse) * dsum;
     }
   }
-  RowsToPanels(pk.q_rows, g.rows, p.head_dim, g.d_pad, pk.q_panels);
-  RowsToPanels(pk.do_rows, g.rows, p.head_dim_v, g.dv_pad, pk.do_panels);
-  for (int64_t j = 0; j < g.keys_pad; ++j) {
-    float* k = pk.k_rows + j * g.d_pad;
-    float* v = vrows + j * g.dv_pad;
-    if (j < keys) {
-      LoadRowScaled(p.kv_dtype, p.key_row(b, j, kvh).data, p.head_dim, 1.0f, k);
-      LoadRowScaled(p.kv_dtype, p.value_row(b, j, kvh).data, p.head_dim_v, 1.0f, v);
-      std::fill(k + p.head_dim, k + g.d_pad, 0.0f);
-      std::fill(v + p.head_dim_v, v + g.dv_pad, 0.0f);
-    } else {
-      std::fill(k, k + g.d_pad, 0.0f);
-      std::fill(v, v + g.dv_pad, 0.0f);
+  RowsToPanels(tmp, g.rows, p.head_dim_v, g.dv_pad, pk.do_panels);
+  RowsToColumnPanels(tmp, g.rows, g.dv_pad, g.key_panel, pk.do_cols);
+  // K and V; keys past keys(b) are zeros.
+  const auto load_keys = [&](bool values, int64_t dim, int64_t dim_pad) {
+    for (int64_t j = 0; j < g.keys_pad; ++j) {
+      float* row = tmp + j * dim_pad;
+      if (j < keys) {
+        LoadRowScaled(p.kv_dtype, (values ? p.value_row(b, j, kvh) : p.key_row(b, j, kvh)).data, dim,
+                      1.0f, row);
+        std::fill(row + dim, row + dim_pad, 0.0f);
+      } else {
+        std::fill(row, row + dim_pad, 0.0f);
+      }
     }
-  }
-  RowsToKeyPanels(pk.k_rows, g.keys_pad, g.key_panel, p.head_dim, g.d_pad, pk.k_panels);
-  RowsToKeyPanels(vrows, g.keys_pad, g.key_panel, p.head_dim_v, g.dv_pad, pk.v_panels);
+  };
+  load_keys(false, p.head_dim, g.d_pad);
+  RowsToKeyPanels(tmp, g.keys_pad, g.key_panel, p.head_dim, g.d_pad, pk.k_panels);
+  RowsToColumnPanels(tmp, g.keys_pad, g.d_pad, g.key_panel, pk.k_cols);
+  load_keys(true, p.head_dim_v, g.dv_pad);
+  RowsToKeyPanels(tmp, g.keys_pad, g.key_panel, p.head_dim_v, g.dv_pad, pk.v_panels);
 }
 
 // Per-thread scratch for one task.
@@ -257,19 +280,24 @@ struct Scratch {
         rows(hwy::AllocateAligned<TileRow>(kChunkRows)) {}
 };
 
-// o[r][0, dim_pad) += sum_{j < n} a[r][j] * b[j][0, dim_pad) for r < kRows:
-// PVPanel over the columns, two vectors at a time.
+// o[r][0, dim_pad) += sum_{j < n} a[r][j] * b[first + j][0, dim_pad) for
+// r < kRows, b in column panels of `b_rows` rows (RowsToColumnPanels): PVPanel
+// over the panels, two vectors wide (one in a last narrow panel).
 template <int kRows, int64_t kAStride, class D>
-HWY_INLINE void AccumulateProduct(D d, const float* HWY_RESTRICT a, const float* HWY_RESTRICT b,
-                                  int64_t n, int64_t dim_pad, float* HWY_RESTRICT o) {
+HWY_INLINE void AccumulateProduct(D d, const float* HWY_RESTRICT a, const float* HWY_RESTRICT b_cols,
+                                  int64_t b_rows, int64_t first, int64_t n, int64_t dim_pad,
+                                  float* HWY_RESTRICT o) {
   static constexpr float kOnes[12] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
   static_assert(kRows <= 12);
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  int64_t c = 0;
-  for (; c + 2 * N <= dim_pad; c += 2 * N) {
-    PVPanel<kRows, 2, kAStride>(d, a, b + c, dim_pad, n, kOnes, o + c, dim_pad);
+  for (int64_t c = 0; c < dim_pad; c += 2 * N) {
+    const float* v = b_cols + c * b_rows;
+    if (c + 2 * N <= dim_pad) {
+      PVPanel<kRows, 2, kAStride>(d, a, v + first * 2 * N, 2 * N, n, kOnes, o + c, dim_pad);
+    } else {
+      PVPanel<kRows, 1, kAStride>(d, a, v + first * N, N, n, kOnes, o + c, dim_pad);
+    }
   }
-  if (c < dim_pad) PVPanel<kRows, 1, kAStride>(d, a, b + c, dim_pad, n, kOnes, o + c, dim_pad);
 }
 
 // The rows [r0, r0 + n_rows) of pair (b, kvh) against keys [j0, j0 + n):
@@ -327,8 +355,8 @@ void RunChunk(const BackwardProblem& bp, const Geometry& g, const ScoreUnits& un
   for (int64_t t = 0; t < n_rows; t += kMaxPanelRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kMaxPanelRows, n_rows - t));
     WithPanelRows(rows, [&](auto kRows) {
-      AccumulateProduct<kRows(), kScoreStride>(d, w.dp.get() + t * kScoreStride,
-                                               pk.k_rows + j0 * g.d_pad, n, g.d_pad,
+      AccumulateProduct<kRows(), kScoreStride>(d, w.dp.get() + t * kScoreStride, pk.k_cols,
+                                               g.keys_pad, j0, n, g.d_pad,
                                                dq_acc + (r0 + t) * g.d_pad);
     });
   }
@@ -361,10 +389,10 @@ void RunChunk(const BackwardProblem& bp, const Geometry& g, const ScoreUnits& un
     const int keys = static_cast<int>(std::min<int64_t>(kMaxPanelRows, n - t));
     WithPanelRows(keys, [&](auto kRows) {
       AccumulateProduct<kRows(), kTransposedStride>(d, w.pt.get() + t * kTransposedStride,
-                                                    pk.do_rows + r0 * g.dv_pad, n_rows, g.dv_pad,
+                                                    pk.do_cols, g.rows, r0, n_rows, g.dv_pad,
                                                     w.dv.get() + t * g.dv_pad);
       AccumulateProduct<kRows(), kTransposedStride>(d, w.dst.get() + t * kTransposedStride,
-                                                    pk.q_rows + r0 * g.d_pad, n_rows, g.d_pad,
+                                                    pk.q_cols, g.rows, r0, n_rows, g.d_pad,
                                                     w.dk.get() + t * g.d_pad);
     });
   }
@@ -424,7 +452,7 @@ void FlashBackwardImpl(const BackwardProblem& bp) {
   {
     ScopedFlushDenormals flush_denormals;
     Scratch w(g);
-    auto vrows = hwy::AllocateAligned<float>(g.keys_pad * g.dv_pad);
+    auto tmp = hwy::AllocateAligned<float>(std::max(g.rows, g.keys_pad) * std::max(g.d_pad, g.dv_pad));
     auto sum = hwy::AllocateAligned<float>(g.d_pad);
     const int me = omp_get_thread_num();
     float* const my_dq = dq_acc + me * dq_floats;
@@ -435,7 +463,7 @@ void FlashBackwardImpl(const BackwardProblem& bp) {
       for (int64_t t = 0; t < count; ++t) {
         const int64_t pair = first + t;
         PackPair(bp, g, units, pair / p.kv_heads, pair % p.kv_heads,
-                 PairPack(g, pack + t * g.pair_floats), vrows.get(),
+                 PairPack(g, pack + t * g.pair_floats), tmp.get(),
                  dsink_part.data() + (pair / p.kv_heads) * p.heads);
       }
       // (implicit barrier: every pair packed)
