@@ -46,6 +46,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
 #include "hwy/aligned_allocator.h"
+#include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 #include "kernels/convert-inl.h"
@@ -312,13 +313,24 @@ void RunChunk(const BackwardProblem& bp, const Geometry& g, const ScoreUnits& un
   const int64_t N = g.lanes;
   const int64_t n_pad = RoundUp(n, g.key_panel);
 
-  // 1. S = Q.K^T, dP = dO.V^T, panel by panel.
+  // 1. S = Q.K^T, dP = dO.V^T, panel by panel. Meanwhile the chunk's dQ
+  //    rows (step 3 adds to them; they were last touched a block ago, so
+  //    lie in L3 or memory) are requested, a share per key panel: without,
+  //    step 3 waited on each panel's first loads of them.
+  const char* dq_lines = reinterpret_cast<const char*>(dq_acc + r0 * g.d_pad);
+  const int64_t dq_bytes = n_rows * g.d_pad * 4;
+  const int64_t steps = CeilDiv(n_rows, kMaxPanelRows) * (n_pad / g.key_panel);
+  const int64_t per_step = RoundUp(CeilDiv(dq_bytes, steps), 64);
+  int64_t requested = 0;
   for (int64_t t = 0; t < n_rows; t += kMaxPanelRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kMaxPanelRows, n_rows - t));
     WithPanelRows(rows, [&](auto kRows) {
       const float* q = pk.q_panels + (r0 + t) * g.d_pad;
       const float* dout = pk.do_panels + (r0 + t) * g.dv_pad;
       for (int64_t kp = 0; kp < n_pad; kp += g.key_panel) {
+        for (const int64_t end = std::min(dq_bytes, requested + per_step); requested < end; requested += 64) {
+          hwy::Prefetch(dq_lines + requested);
+        }
         QKPanel<kRows()>(d, q, pk.k_panels + (j0 + kp) * p.head_dim, p.head_dim,
                          w.s.get() + t * kScoreStride + kp);
         QKPanel<kRows()>(d, dout, pk.v_panels + (j0 + kp) * p.head_dim_v, p.head_dim_v,
