@@ -22,7 +22,7 @@
 //        row (ApplyScoreOptions, the forward's), P = 2^(S - lse),
 //        dS = P (dP - D) (times 1 - tanh^2 under a softcap);
 //        dQ += dS.K into the thread's own dQ accumulator (PVPanel);
-//        P and dS transposed; dV += P^T.dO, dK += dS^T.Q (PVPanel).
+//        dV += P^T.dO, dK += dS^T.Q (PVPanel reading P and dS transposed).
 //      Then the block's dK and dV are scaled and stored.
 //   3. dq = scale * (sum of the threads' accumulators), per row, stored.
 // Every product is the forward's register-blocked micro-kernel.
@@ -62,16 +62,16 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 namespace {
 
-// Keys per task and query rows per chunk. A chunk's S, dP and their
-// transposes are 4 x 96 x 128 floats (192 KiB), the block's K, V, dK and dV
-// rows 4 x 128 x 128 (256 KiB at head_dim 128), a chunk's Q and dO rows
-// 2 x 96 x 128 x 2 (192 KiB, two layouts): about the L2 of one core.
+// Keys per task and query rows per chunk. A chunk's S and dP are 2 x 96 x
+// 128 floats (96 KiB), the block's K, V (two layouts each), dK and dV rows
+// 6 x 128 x 128 (384 KiB at head_dim 128), a chunk's Q and dO 2 x 96 x 128
+// x 2 (192 KiB, two layouts): within the L2 of one core, but for a 512 KiB
+// one. 192 rows per chunk measured the same (2 threads, 32/8 heads, seq
+// 2048, no mask: 629-643 against 643-653 ms).
 constexpr int64_t kBlockKeys = 128;
 constexpr int64_t kChunkRows = 96;  // a multiple of every kMaxPanelRows
 static_assert(kChunkRows % kMaxPanelRows == 0);
 static_assert(kBlockKeys <= kMaxBlockKv);
-// Row stride of the transposed blocks: padded off 4 KiB aliasing as kScoreStride.
-constexpr int64_t kTransposedStride = kChunkRows + 16;
 constexpr int64_t kPackBudgetBytes = int64_t{64} << 20;
 
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -268,23 +268,21 @@ void PackPair(const BackwardProblem& bp, const Geometry& g, const ScoreUnits& un
 
 // Per-thread scratch for one task.
 struct Scratch {
-  hwy::AlignedFreeUniquePtr<float[]> s, dp, u, pt, dst, dk, dv;
+  hwy::AlignedFreeUniquePtr<float[]> s, dp, u, dk, dv;
   hwy::AlignedFreeUniquePtr<TileRow[]> rows;
   Scratch(const Geometry& g)
       : s(hwy::AllocateAligned<float>(kChunkRows * kScoreStride)),
         dp(hwy::AllocateAligned<float>(kChunkRows * kScoreStride)),
         u(hwy::AllocateAligned<float>(kChunkRows * kScoreStride)),
-        pt(hwy::AllocateAligned<float>(kBlockKeys * kTransposedStride)),
-        dst(hwy::AllocateAligned<float>(kBlockKeys * kTransposedStride)),
         dk(hwy::AllocateAligned<float>(kBlockKeys * g.d_pad)),
         dv(hwy::AllocateAligned<float>(kBlockKeys * g.dv_pad)),
         rows(hwy::AllocateAligned<TileRow>(kChunkRows)) {}
 };
 
 // o[r][0, dim_pad) += sum_{j < n} a[r][j] * b[first + j][0, dim_pad) for
-// r < kRows, b in column panels of `b_rows` rows (RowsToColumnPanels): PVPanel
+// r < kRows (a[r][j] at a + r * kAStride + j * kAStep), b in column panels of `b_rows` rows (RowsToColumnPanels): PVPanel
 // over the panels, two vectors wide (one in a last narrow panel).
-template <int kRows, int64_t kAStride, class D>
+template <int kRows, int64_t kAStride, int64_t kAStep, class D>
 HWY_INLINE void AccumulateProduct(D d, const float* HWY_RESTRICT a, const float* HWY_RESTRICT b_cols,
                                   int64_t b_rows, int64_t first, int64_t n, int64_t dim_pad,
                                   float* HWY_RESTRICT o) {
@@ -294,9 +292,9 @@ HWY_INLINE void AccumulateProduct(D d, const float* HWY_RESTRICT a, const float*
   for (int64_t c = 0; c < dim_pad; c += 2 * N) {
     const float* v = b_cols + c * b_rows;
     if (c + 2 * N <= dim_pad) {
-      PVPanel<kRows, 2, kAStride>(d, a, v + first * 2 * N, 2 * N, n, kOnes, o + c, dim_pad);
+      PVPanel<kRows, 2, kAStride, kAStep>(d, a, v + first * 2 * N, 2 * N, n, kOnes, o + c, dim_pad);
     } else {
-      PVPanel<kRows, 1, kAStride>(d, a, v + first * N, N, n, kOnes, o + c, dim_pad);
+      PVPanel<kRows, 1, kAStride, kAStep>(d, a, v + first * N, N, n, kOnes, o + c, dim_pad);
     }
   }
 }
@@ -367,45 +365,24 @@ void RunChunk(const BackwardProblem& bp, const Geometry& g, const ScoreUnits& un
   for (int64_t t = 0; t < n_rows; t += kMaxPanelRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kMaxPanelRows, n_rows - t));
     WithPanelRows(rows, [&](auto kRows) {
-      AccumulateProduct<kRows(), kScoreStride>(d, w.dp.get() + t * kScoreStride, pk.k_cols,
+      AccumulateProduct<kRows(), kScoreStride, 1>(d, w.dp.get() + t * kScoreStride, pk.k_cols,
                                                g.keys_pad, j0, n, g.d_pad,
                                                dq_acc + (r0 + t) * g.d_pad);
     });
   }
 
-  // 4. P^T and dS^T; dV += P^T.dO, dK += dS^T.Q. (Element by element the
-  //    two turns took about 7% of a call: 32/8 heads, seq 2048, one thread.)
-  int64_t r_done = 0;
-#if HWY_TARGET == HWY_AVX3
-  // 16 x 16 blocks; columns n .. n_pad (<= kBlockKeys) hold zeros.
-  for (; r_done + 16 <= n_rows; r_done += 16) {
-    for (int64_t j = 0; j < n_pad; j += 16) {
-      Transpose16x16(reinterpret_cast<const uint32_t*>(w.s.get() + r_done * kScoreStride + j),
-                     kScoreStride, reinterpret_cast<uint32_t*>(w.pt.get() + j * kTransposedStride + r_done),
-                     kTransposedStride);
-      Transpose16x16(reinterpret_cast<const uint32_t*>(w.dp.get() + r_done * kScoreStride + j),
-                     kScoreStride, reinterpret_cast<uint32_t*>(w.dst.get() + j * kTransposedStride + r_done),
-                     kTransposedStride);
-    }
-  }
-#endif
-  for (int64_t r = r_done; r < n_rows; ++r) {
-    const float* s = w.s.get() + r * kScoreStride;
-    const float* dp = w.dp.get() + r * kScoreStride;
-    for (int64_t j = 0; j < n; ++j) {
-      w.pt[j * kTransposedStride + r] = s[j];
-      w.dst[j * kTransposedStride + r] = dp[j];
-    }
-  }
+  // 4. dV += P^T.dO, dK += dS^T.Q, P and dS read transposed in place: a key
+  //    panel's weights for one row are adjacent floats. (Turning P and dS
+  //    around first, into rows of keys, made each step's 12 broadcasts
+  //    read 12 lines instead of one: 32/8 heads, seq 2048, no mask, 2
+  //    threads, 566-582 -> 547-567 ms.)
   for (int64_t t = 0; t < n; t += kMaxPanelRows) {
     const int keys = static_cast<int>(std::min<int64_t>(kMaxPanelRows, n - t));
     WithPanelRows(keys, [&](auto kRows) {
-      AccumulateProduct<kRows(), kTransposedStride>(d, w.pt.get() + t * kTransposedStride,
-                                                    pk.do_cols, g.rows, r0, n_rows, g.dv_pad,
-                                                    w.dv.get() + t * g.dv_pad);
-      AccumulateProduct<kRows(), kTransposedStride>(d, w.dst.get() + t * kTransposedStride,
-                                                    pk.q_cols, g.rows, r0, n_rows, g.d_pad,
-                                                    w.dk.get() + t * g.d_pad);
+      AccumulateProduct<kRows(), 1, kScoreStride>(d, w.s.get() + t, pk.do_cols, g.rows, r0, n_rows,
+                                                 g.dv_pad, w.dv.get() + t * g.dv_pad);
+      AccumulateProduct<kRows(), 1, kScoreStride>(d, w.dp.get() + t, pk.q_cols, g.rows, r0, n_rows,
+                                                 g.d_pad, w.dk.get() + t * g.d_pad);
     });
   }
 }

@@ -103,11 +103,13 @@ HWY_INLINE void QKPanel(D d, const float* HWY_RESTRICT q, const float* HWY_RESTR
 }
 
 // o[r][c, c + kVecs*N) = alpha[r] * o[r][...] + sum_{j < n} p[r][j] * v[j][...]
-//   p: [kRows, kPStride]; v: [n, v_stride] (packed V rows), o: [kRows, o_stride]
+//   p: p[r][j] at p + r * kPStride + j * kPStep ([kRows, kPStride] by
+//      default; kPStride = 1, kPStep = the row stride reads p transposed)
+//   v: [n, v_stride] (packed V rows), o: [kRows, o_stride]
 // invariant kept by the forward: o = sum_j 2^(s_j - m) v_j for the keys so far.
 // (The backward pass takes the same product with other operands: dQ += dS.K,
-// and dV += P^T.dO, dK += dS^T.Q from transposed blocks of its own stride.)
-template <int kRows, int kVecs, int64_t kPStride = kScoreStride, class D>
+// and dV += P^T.dO, dK += dS^T.Q with P and dS read transposed.)
+template <int kRows, int kVecs, int64_t kPStride = kScoreStride, int64_t kPStep = 1, class D>
 HWY_INLINE void PVPanel(D d, const float* HWY_RESTRICT p, const float* HWY_RESTRICT v, int64_t v_stride, int64_t n,
                         const float* HWY_RESTRICT alpha, float* HWY_RESTRICT o,
                         int64_t o_stride) {
@@ -122,7 +124,7 @@ HWY_INLINE void PVPanel(D d, const float* HWY_RESTRICT p, const float* HWY_RESTR
     V vj[kVecs];
     for (int c = 0; c < kVecs; ++c) vj[c] = hn::Load(d, v + j * v_stride + c * N);
     for (int r = 0; r < kRows; ++r) {
-      const V pr = hn::Set(d, p[r * kPStride + j]);
+      const V pr = hn::Set(d, p[r * kPStride + j * kPStep]);
       for (int c = 0; c < kVecs; ++c) acc[r][c] = hn::MulAdd(pr, vj[c], acc[r][c]);
     }
   }
