@@ -73,6 +73,9 @@ constexpr int64_t kChunkRows = 96;  // a multiple of every kMaxPanelRows
 static_assert(kChunkRows % kMaxPanelRows == 0);
 static_assert(kBlockKeys <= kMaxBlockKv);
 constexpr int64_t kPackBudgetBytes = int64_t{64} << 20;
+// PVPanel's alpha: the products add to what their outputs hold.
+constexpr float kOnes[12] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+static_assert(kMaxPanelRows <= 12);
 
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 int64_t CeilDiv(int64_t x, int64_t m) { return (x + m - 1) / m; }
@@ -280,21 +283,32 @@ struct Scratch {
 };
 
 // o[r][0, dim_pad) += sum_{j < n} a[r][j] * b[first + j][0, dim_pad) for
-// r < kRows (a[r][j] at a + r * kAStride + j * kAStep), b in column panels of `b_rows` rows (RowsToColumnPanels): PVPanel
-// over the panels, two vectors wide (one in a last narrow panel).
-template <int kRows, int64_t kAStride, int64_t kAStep, class D>
-HWY_INLINE void AccumulateProduct(D d, const float* HWY_RESTRICT a, const float* HWY_RESTRICT b_cols,
-                                  int64_t b_rows, int64_t first, int64_t n, int64_t dim_pad,
-                                  float* HWY_RESTRICT o) {
-  static constexpr float kOnes[12] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-  static_assert(kRows <= 12);
+// r < n_out (a[r][j] at a + r * kAStride + j * kAStep; o's rows dim_pad
+// apart), b in column panels of `b_rows` rows (RowsToColumnPanels).
+// Column panel by column panel (two vectors wide, one in a last narrow
+// panel), and in each every panel of kMaxPanelRows outputs (PVPanel): the
+// column panel's n rows of b stay in L1 for all of them. (Output panels
+// outside, the column panels inside, re-read all of b from L2 per output
+// panel: the same time, 2 threads, 32/8 heads, seq 2048, no mask.)
+template <int64_t kAStride, int64_t kAStep, class D>
+HWY_INLINE void AccumulateProducts(D d, const float* HWY_RESTRICT a, int64_t n_out,
+                                   const float* HWY_RESTRICT b_cols, int64_t b_rows, int64_t first,
+                                   int64_t n, int64_t dim_pad, float* HWY_RESTRICT o) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   for (int64_t c = 0; c < dim_pad; c += 2 * N) {
-    const float* v = b_cols + c * b_rows;
-    if (c + 2 * N <= dim_pad) {
-      PVPanel<kRows, 2, kAStride, kAStep>(d, a, v + first * 2 * N, 2 * N, n, kOnes, o + c, dim_pad);
-    } else {
-      PVPanel<kRows, 1, kAStride, kAStep>(d, a, v + first * N, N, n, kOnes, o + c, dim_pad);
+    const bool wide = c + 2 * N <= dim_pad;
+    const float* v = b_cols + c * b_rows + first * (wide ? 2 * N : N);
+    for (int64_t t = 0; t < n_out; t += kMaxPanelRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMaxPanelRows, n_out - t));
+      WithPanelRows(rows, [&](auto kRows) {
+        if (wide) {
+          PVPanel<kRows(), 2, kAStride, kAStep>(d, a + t * kAStride, v, 2 * N, n, kOnes,
+                                                o + t * dim_pad + c, dim_pad);
+        } else {
+          PVPanel<kRows(), 1, kAStride, kAStep>(d, a + t * kAStride, v, N, n, kOnes,
+                                                o + t * dim_pad + c, dim_pad);
+        }
+      });
     }
   }
 }
@@ -362,29 +376,18 @@ void RunChunk(const BackwardProblem& bp, const Geometry& g, const ScoreUnits& un
   }
 
   // 3. dQ += dS.K (scaled at the end).
-  for (int64_t t = 0; t < n_rows; t += kMaxPanelRows) {
-    const int rows = static_cast<int>(std::min<int64_t>(kMaxPanelRows, n_rows - t));
-    WithPanelRows(rows, [&](auto kRows) {
-      AccumulateProduct<kRows(), kScoreStride, 1>(d, w.dp.get() + t * kScoreStride, pk.k_cols,
-                                               g.keys_pad, j0, n, g.d_pad,
-                                               dq_acc + (r0 + t) * g.d_pad);
-    });
-  }
+  AccumulateProducts<kScoreStride, 1>(d, w.dp.get(), n_rows, pk.k_cols, g.keys_pad, j0, n, g.d_pad,
+                                      dq_acc + r0 * g.d_pad);
 
   // 4. dV += P^T.dO, dK += dS^T.Q, P and dS read transposed in place: a key
   //    panel's weights for one row are adjacent floats. (Turning P and dS
   //    around first, into rows of keys, made each step's 12 broadcasts
   //    read 12 lines instead of one: 32/8 heads, seq 2048, no mask, 2
   //    threads, 566-582 -> 547-567 ms.)
-  for (int64_t t = 0; t < n; t += kMaxPanelRows) {
-    const int keys = static_cast<int>(std::min<int64_t>(kMaxPanelRows, n - t));
-    WithPanelRows(keys, [&](auto kRows) {
-      AccumulateProduct<kRows(), 1, kScoreStride>(d, w.s.get() + t, pk.do_cols, g.rows, r0, n_rows,
-                                                 g.dv_pad, w.dv.get() + t * g.dv_pad);
-      AccumulateProduct<kRows(), 1, kScoreStride>(d, w.dp.get() + t, pk.q_cols, g.rows, r0, n_rows,
-                                                 g.d_pad, w.dk.get() + t * g.d_pad);
-    });
-  }
+  AccumulateProducts<1, kScoreStride>(d, w.s.get(), n, pk.do_cols, g.rows, r0, n_rows, g.dv_pad,
+                                      w.dv.get());
+  AccumulateProducts<1, kScoreStride>(d, w.dp.get(), n, pk.q_cols, g.rows, r0, n_rows, g.d_pad,
+                                      w.dk.get());
 }
 
 // One task: key block `block` of pair (b, kvh), every row that sees it.
