@@ -311,6 +311,7 @@ TEST(Backward, EveryOption) {
   expect_tiled_matches_oracle(Case(base).sinks().seed(16));
   expect_tiled_matches_oracle(Case(base).bool_mask({2, 1, 45, 70}, 0.5).seed(17));
   expect_tiled_matches_oracle(Case(base).float_mask({45, 70}, 0.2).seed(18));
+  expect_tiled_matches_oracle(Case(base).float_mask({2, 4, 45, 70}, 0.1).seed(24));  // one per head
   expect_tiled_matches_oracle(Case(base).scale(-0.4f).softcap(5.0f).sinks().window(20, -1).seed(19));
 }
 

@@ -7,6 +7,7 @@ from .kv_cache import KVCache as KVCache, Rope as Rope, apply_rope as apply_rope
 __version__: str
 __all__ = [
     "attention",
+    "attention_backward",
     "attention_varlen",
     "attention_with_kvcache",
     "KVCache",
@@ -58,6 +59,26 @@ def attention(
     exact_bf16_probs: bool = False,
 ) -> Tuple[Array, Array]:
     """Scaled dot-product attention; returns (out, lse [batch, heads, seq_q] float32)."""
+
+def attention_backward(
+    q: Array,
+    k: Array,
+    v: Array,
+    out: Array,
+    lse: Array,
+    dout: Array,
+    *,
+    causal: bool = False,
+    causal_align: Literal["bottom-right", "top-left"] = "bottom-right",
+    window: Optional[Tuple[int, int]] = (-1, -1),
+    scale: Optional[float] = None,
+    softcap: float = 0.0,
+    alibi_slopes: Optional[object] = None,
+    sinks: Optional[object] = None,
+    mask: Optional[object] = None,
+    num_threads: Optional[int] = None,
+) -> Tuple[Array, ...]:
+    """Gradients of qkv.attention: (dq, dk, dv), and dsinks [heads] when sinks is given."""
 
 
 @overload

@@ -40,6 +40,36 @@ def attention(
     for anything else qkv rejects.
     """
 
+def attention_backward(
+    q: Any,
+    k: Any,
+    v: Any,
+    o: Any,
+    lse: Any,
+    dout: Any,
+    dq: Any,
+    dk: Any,
+    dv: Any,
+    *,
+    dsinks: Optional[Any] = None,
+    causal: bool = False,
+    causal_align: str = "bottom-right",
+    window: Tuple[int, int] = (-1, -1),
+    scale: Optional[float] = None,
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Any] = None,
+    sinks: Optional[Any] = None,
+    mask: Optional[Any] = None,
+    num_threads: int = 0,
+) -> None:
+    """Computes the gradients dq, dk, dv (and dsinks) in place.
+
+    The forward's q, k, v, its o and lse, and dout (o's shape and dtype) are
+    read; dq, dk, dv (q's, k's and v's shapes, q's dtype) and dsinks [heads]
+    float32 are allocated by the caller. Raises TypeError for a wrong dtype,
+    ValueError for anything else qkv rejects.
+    """
+
 def attention_varlen(
     q: Any,
     k: Any,

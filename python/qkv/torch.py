@@ -6,7 +6,8 @@
 
 Same arguments, layout and results as ``torch.nn.functional.
 scaled_dot_product_attention`` for CPU tensors, computed by qkv without
-copying q, k or v. To route existing code through qkv::
+copying q, k or v, gradients included (training). To route existing code
+through qkv::
 
     torch.nn.functional.scaled_dot_product_attention = qkv.torch.scaled_dot_product_attention
 """
@@ -20,6 +21,9 @@ import torch
 from . import _qkv
 
 __all__ = ["scaled_dot_product_attention"]
+
+# The inputs qkv computes gradients for (qkv::attention_backward).
+DIFFERENTIABLE = ("q", "k", "v", "sinks", "query", "key", "value")
 
 
 def scaled_dot_product_attention(
@@ -53,13 +57,17 @@ def scaled_dot_product_attention(
     copy of the mask only); with ``enable_gqa`` query head h reads key/value
     head ``h // (heads // heads_kv)``.
 
+    Autograd works: with grad mode on and query, key or value requiring
+    grad, the backward pass is qkv's (``qkv::attention_backward``: the scores
+    recomputed from the saved log-sum-exp, no seq_q x seq_kv matrix kept).
+    A float ``attn_mask`` gets no gradient (it may not require grad).
+
     One difference: a row in which no key takes part (all masked) is 0 here,
-    where PyTorch returns NaN.
+    where PyTorch returns NaN (and its gradients are 0 here).
 
     Raises:
-        NotImplementedError: ``dropout_p > 0``, or an input requires grad while
-            grad mode is on (qkv has no backward yet: use ``torch.no_grad()``
-            or ``torch.inference_mode()``), or inputs of another rank than 3 or 4.
+        NotImplementedError: ``dropout_p > 0``, ``attn_mask`` requires grad
+            while grad mode is on, or inputs of another rank than 3 or 4.
         ValueError: ``is_causal`` together with ``attn_mask`` (PyTorch raises
             too), different head counts without ``enable_gqa``, a tensor not on
             the CPU, or shapes qkv rejects.
@@ -73,9 +81,11 @@ def scaled_dot_product_attention(
     for t, name in ((query, "query"), (key, "key"), (value, "value")):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, not {type(t).__name__}")
-    query, key, value, attn_mask = _prepare(
-        op, query=query, key=key, value=value, attn_mask=attn_mask
-    )
+    grad = requires_grad(query, key, value)
+    prepared = _prepare(op, DIFFERENTIABLE, query=query, key=key, value=value, attn_mask=attn_mask)
+    attn_mask = prepared[3]
+    if not grad:  # (with grad, autograd keeps the inputs' graph: _Attention detaches them)
+        query, key, value = prepared[:3]
 
     rank = query.dim()
     if rank not in (3, 4) or key.dim() != rank or value.dim() != rank:
@@ -93,28 +103,94 @@ def scaled_dot_product_attention(
     if attn_mask is not None and attn_mask.is_floating_point() and attn_mask.dtype != torch.float32:
         attn_mask = attn_mask.to(torch.float32)
 
-    batch, heads, seq_q, _ = query.shape
-    out = torch.empty((batch, heads, seq_q, value.shape[3]), dtype=query.dtype)
-    # qkv's layout is [batch, seq, heads, dim]: pass transposed views.
-    _qkv.attention(
-        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), out.transpose(1, 2),
+    options = dict(
         causal=bool(is_causal),
         causal_align="top-left",
+        window=(-1, -1),
         scale=None if scale is None else float(scale),
-        mask=attn_mask,
+        softcap=0.0,
         num_threads=torch.get_num_threads(),  # torch.set_num_threads governs it, as torch's ops
+        exact_bf16_probs=False,
     )
+    # qkv's layout is [batch, seq, heads, dim]: transposed views.
+    if grad:
+        out, _ = _Attention.apply(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), None, attn_mask, None, options
+        )
+        out = out.transpose(1, 2)
+    else:
+        batch, heads, seq_q, _ = query.shape
+        out = torch.empty((batch, heads, seq_q, value.shape[3]), dtype=query.dtype)
+        _qkv.attention(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), out.transpose(1, 2),
+            mask=attn_mask, **options
+        )
     return out[0] if rank == 3 else out
 
 
-def _prepare(op: str, **tensors: Any) -> Tuple[Any, ...]:
+def requires_grad(*tensors: Any) -> bool:
+    """Whether autograd must record a call on ``tensors``: grad mode is on and
+    one of them requires grad."""
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors
+    )
+
+
+class _Attention(torch.autograd.Function):
+    """qkv::attention with qkv::attention_backward as its gradient, on
+    tensors in qkv's layout ([batch, seq, heads, dim]); returns ``(out,
+    lse)``, lse not differentiable. Gradients flow to q, k, v and sinks;
+    mask and alibi_slopes are constants (``_prepare`` refuses them with
+    requires_grad). The backward recomputes the scores from the saved lse: it
+    keeps q, k, v, out and lse, no seq_q x seq_kv matrix."""
+
+    @staticmethod
+    def forward(ctx: Any, q, k, v, sinks, mask, alibi_slopes, options):  # type: ignore[override]
+        q, k, v = q.detach(), k.detach(), v.detach()
+        sinks = None if sinks is None else sinks.detach()
+        batch, seq_q, heads, _ = q.shape
+        out = torch.empty((batch, seq_q, heads, v.shape[3]), dtype=q.dtype)
+        lse = torch.empty((batch, heads, seq_q), dtype=torch.float32)
+        _qkv.attention(q, k, v, out, lse=lse, sinks=sinks, mask=mask, alibi_slopes=alibi_slopes, **options)
+        ctx.save_for_backward(q, k, v, out, lse, sinks, mask, alibi_slopes)
+        ctx.options = {n: x for n, x in options.items() if n != "exact_bf16_probs"}
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx: Any, dout, _dlse):  # type: ignore[override]
+        q, k, v, out, lse, sinks, mask, alibi_slopes = ctx.saved_tensors
+        if dout.stride(-1) != 1:  # e.g. the expanded ones of out.sum().backward()
+            dout = dout.contiguous()
+        dout = dout.to(q.dtype)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dsinks = torch.empty_like(sinks) if sinks is not None and ctx.needs_input_grad[3] else None
+        _qkv.attention_backward(
+            q, k, v, out, lse, dout, dq, dk, dv,
+            dsinks=dsinks, sinks=sinks, mask=mask, alibi_slopes=alibi_slopes, **ctx.options
+        )
+        return dq, dk, dv, dsinks, None, None, None
+
+
+def _prepare(op: str, differentiable: Tuple[str, ...] = (), **tensors: Any) -> Tuple[Any, ...]:
     """Checks the torch tensors among ``tensors`` and returns them (in order)
-    detached, zero-copy; ``alibi_slopes`` and ``sinks`` as float32."""
-    needs_grad = [n for n, t in tensors.items() if isinstance(t, torch.Tensor) and t.requires_grad]
+    detached, zero-copy; ``alibi_slopes`` and ``sinks`` as float32. Only the
+    ``differentiable`` ones may require grad while grad mode is on (the
+    caller then goes through ``_Attention``)."""
+    needs_grad = [
+        n
+        for n, t in tensors.items()
+        if isinstance(t, torch.Tensor) and t.requires_grad and n not in differentiable
+    ]
     if needs_grad and torch.is_grad_enabled():
+        what = (
+            f"qkv computes gradients for {', '.join(differentiable)} only"
+            if differentiable
+            else "this qkv function has no backward"
+        )
         raise NotImplementedError(
-            f"{op}: {', '.join(needs_grad)} require grad, but qkv has no backward yet; "
-            "call it under torch.no_grad() or torch.inference_mode(), or detach the inputs"
+            f"{op}: {', '.join(needs_grad)} require grad, but {what}; "
+            "call it under torch.no_grad() or torch.inference_mode(), or detach them"
         )
     result = []
     for name, t in tensors.items():

@@ -1,4 +1,4 @@
-// qkv._qkv: the Python binding of qkv::attention, qkv::KVCache,
+// qkv._qkv: the Python binding of qkv::attention, qkv::attention_backward, qkv::KVCache,
 // qkv::attention_with_kvcache, qkv::apply_rope and qkv::attention_varlen (nanobind).
 //
 // Arrays cross without a copy. nb::ndarray with no dtype, order or device
@@ -176,14 +176,19 @@ std::optional<qkv::Rope> rope_of(const std::optional<RopeArgs>& args) {
 using Int64Vector = nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Int32Vector = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
-// q [batch, seq_q, heads, head_dim], k [batch, seq_kv, kv_heads, head_dim],
-// v [batch, seq_kv, kv_heads, head_dim_v]; writes o [batch, seq_q, heads,
-// head_dim_v] and, if given, lse [batch, heads, seq_q] (float32).
-void attention(const InArray& q, const InArray& k, const InArray& v, const OutArray& o,
-               const std::optional<OutArray>& lse, bool causal, const std::string& causal_align,
-               std::pair<int64_t, int64_t> window, std::optional<float> scale, float softcap,
-               const std::optional<InArray>& alibi_slopes, const std::optional<InArray>& sinks,
-               const std::optional<InArray>& mask, int num_threads, bool exact_bf16_probs) {
+// The params of an attention call: q [batch, seq_q, heads, head_dim], k
+// [batch, seq_kv, kv_heads, head_dim], v [batch, seq_kv, kv_heads,
+// head_dim_v], o [batch, seq_q, heads, head_dim_v] and, if given, lse [batch,
+// heads, seq_q] (float32), with the options. (o and lse are written by the
+// forward, read by the backward: OArray is OutArray or InArray.)
+template <class OArray>
+qkv::AttentionParams attention_params(const InArray& q, const InArray& k, const InArray& v,
+                                      const OArray& o, const std::optional<OArray>& lse,
+                                      bool causal, const std::string& causal_align,
+                                      std::pair<int64_t, int64_t> window, std::optional<float> scale,
+                                      float softcap, const std::optional<InArray>& alibi_slopes,
+                                      const std::optional<InArray>& sinks,
+                                      const std::optional<InArray>& mask, int num_threads) {
   qkv::AttentionParams p;
   p.q = view(q, "q", kStorage);
   p.k = view(k, "k", kStorage);
@@ -202,11 +207,44 @@ void attention(const InArray& q, const InArray& k, const InArray& v, const OutAr
   if (sinks) p.sinks = view(*sinks, "sinks", kFloat32);
   if (mask) p.mask = view(*mask, "mask", kMask);
   p.num_threads = num_threads;
-  p.exact_bf16_probs = exact_bf16_probs;
+  return p;
+}
 
+// Writes o (and lse if given): see attention_params for the layout.
+void attention(const InArray& q, const InArray& k, const InArray& v, const OutArray& o,
+               const std::optional<OutArray>& lse, bool causal, const std::string& causal_align,
+               std::pair<int64_t, int64_t> window, std::optional<float> scale, float softcap,
+               const std::optional<InArray>& alibi_slopes, const std::optional<InArray>& sinks,
+               const std::optional<InArray>& mask, int num_threads, bool exact_bf16_probs) {
+  qkv::AttentionParams p = attention_params(q, k, v, o, lse, causal, causal_align, window, scale,
+                                            softcap, alibi_slopes, sinks, mask, num_threads);
+  p.exact_bf16_probs = exact_bf16_probs;
   // The arrays stay alive (this frame holds them); other Python threads run.
   nb::gil_scoped_release release;
   qkv::attention(p);
+}
+
+// The gradients of an attention call whose o and lse are given: dout of o's
+// shape, dq, dk, dv of q's, k's, v's (all of q's dtype), dsinks [heads]
+// float32 if given (and sinks).
+void attention_backward(const InArray& q, const InArray& k, const InArray& v, const InArray& o,
+                        const InArray& lse, const InArray& dout, const OutArray& dq,
+                        const OutArray& dk, const OutArray& dv, const std::optional<OutArray>& dsinks,
+                        bool causal, const std::string& causal_align,
+                        std::pair<int64_t, int64_t> window, std::optional<float> scale,
+                        float softcap, const std::optional<InArray>& alibi_slopes,
+                        const std::optional<InArray>& sinks, const std::optional<InArray>& mask,
+                        int num_threads) {
+  qkv::AttentionBackwardParams p;
+  p.forward = attention_params(q, k, v, o, std::optional<InArray>(lse), causal, causal_align, window, scale, softcap,
+                               alibi_slopes, sinks, mask, num_threads);
+  p.dout = view(dout, "dout", {p.forward.q.dtype});
+  p.dq = view(dq, "dq", {p.forward.q.dtype});
+  p.dk = view(dk, "dk", {p.forward.q.dtype});
+  p.dv = view(dv, "dv", {p.forward.q.dtype});
+  if (dsinks) p.dsinks = view(*dsinks, "dsinks", kFloat32);
+  nb::gil_scoped_release release;
+  qkv::attention_backward(p);
 }
 
 // q [total_q, heads, head_dim], k [total_kv, kv_heads, head_dim], v [total_kv,
@@ -419,6 +457,15 @@ NB_MODULE(_qkv, m) {
         "Computes attention into o (and lse) in place; every array in the layout of\n"
         "qkv.attention, o [batch, seq_q, heads, head_dim_v] of q's dtype and lse\n"
         "[batch, heads, seq_q] float32 allocated by the caller. No copies are made.\n"
+        "Raises TypeError for a wrong dtype, ValueError for anything else qkv rejects.");
+  m.def("attention_backward", &attention_backward, "q"_a, "k"_a, "v"_a, "o"_a, "lse"_a, "dout"_a,
+        "dq"_a, "dk"_a, "dv"_a, nb::kw_only(), "dsinks"_a.none() = nb::none(), "causal"_a = false,
+        "causal_align"_a = "bottom-right", "window"_a = no_window, "scale"_a.none() = nb::none(),
+        "softcap"_a = 0.0f, "alibi_slopes"_a.none() = nb::none(), "sinks"_a.none() = nb::none(),
+        "mask"_a.none() = nb::none(), "num_threads"_a = 0,
+        "Computes the gradients dq, dk, dv (and dsinks) in place from the forward's\n"
+        "inputs, its o and lse, and dout (o's shape and dtype); dq, dk, dv of q's, k's\n"
+        "and v's shapes and q's dtype, dsinks [heads] float32, allocated by the caller.\n"
         "Raises TypeError for a wrong dtype, ValueError for anything else qkv rejects.");
   m.def("attention_varlen", &attention_varlen, "q"_a, "k"_a, "v"_a, "o"_a, "cu_seqlens_q"_a,
         "cu_seqlens_k"_a, nb::kw_only(), "lse"_a.none() = nb::none(), "causal"_a = false,

@@ -232,13 +232,17 @@ def test_dropout_is_not_implemented():
         sdpa(q, k, v, dropout_p=0.1)
 
 
-def test_grad_is_not_implemented():
+def test_a_mask_that_requires_grad_is_refused():
+    # qkv computes gradients for query, key, value and sinks only
+    # (tests/python/test_backward.py); a mask's would be silently missing.
     q, k, v = _inputs()
-    k.requires_grad_(True)
-    with pytest.raises(NotImplementedError, match="key require grad.*no backward"):
-        sdpa(q, k, v)
-    with pytest.raises(NotImplementedError, match="k require grad"):
-        qkv.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    mask = _float_mask((9, 13)).requires_grad_(True)
+    with pytest.raises(NotImplementedError, match="attn_mask require grad.*gradients for"):
+        sdpa(q, k, v, attn_mask=mask)
+    with pytest.raises(NotImplementedError, match="mask require grad"):
+        qkv.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask=mask)
+    with torch.no_grad():
+        sdpa(q, k, v, attn_mask=mask)  # no graph to record: fine
 
 
 def test_causal_with_mask_is_an_error():
