@@ -3,6 +3,7 @@
 
     python bench/python_sdpa_bench.py                 # all cores, float32 and bfloat16
     python bench/python_sdpa_bench.py --threads 1 --dtype float32 --quick
+    python bench/python_sdpa_bench.py --train         # forward + backward (autograd)
 
 Columns (median milliseconds of --repeat timed calls; the three implementations take
 turns in blocks of BLOCK calls, the first call of each block untimed, so a change of
@@ -12,6 +13,11 @@ machine load hits them alike and neither is timed right after the other):
     qkv        qkv.attention on [B, S, H, D] views of them (no copies, output [B, S, H, D])
     GFLOP/s    of qkv.torch: 4 * head_dim flops per visible (query, key) pair and head
     speed-up   torch / qkv.torch
+With --train each call is a training step's share: out = sdpa(q, k, v), then
+out.backward(dout) (q, k, v requiring grad; torch's SDPA backward against qkv's,
+qkv::attention_backward); GFLOP/s count 4 + 10 = 14 * head_dim flops per visible
+pair and head (the forward's two products and the backward's five); the qkv column
+is left out and the decode case skipped.
 Both libraries get the same thread count (torch.set_num_threads; qkv.torch follows it).
 Needs torch (pip install torch, or make test-peers).
 
@@ -88,6 +94,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per cell (median)")
     parser.add_argument("--quick", action="store_true", help="three small cases only")
+    parser.add_argument("--train", action="store_true", help="forward + backward under autograd")
     parser.add_argument("--mixed", action="store_true",
                         help="time single calls in turns, each right after the other library's")
     args = parser.parse_args()
@@ -112,6 +119,11 @@ def main() -> None:
             v = torch.randn(batch, kv_heads, seq_kv, head_dim, generator=g).to(dtype)
             gqa = heads != kv_heads
             qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+            if args.train:
+                if seq_q == 1:
+                    continue
+                train(name, dtype_name, q, k, v, causal, gqa, args)
+                continue
             with torch.inference_mode():
                 t_torch, t_drop_in, t_qkv = median_ms([
                     lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa),
@@ -122,6 +134,27 @@ def main() -> None:
             flops = 4.0 * batch * heads * head_dim * visible_pairs(seq_q, seq_kv, causal)
             print(f"{name:<20} {dtype_name:<9} {t_torch:9.2f} {t_drop_in:13.2f} {t_qkv:8.2f} "
                   f"{flops / t_drop_in / 1e6:8.1f} {t_torch / t_drop_in:8.2f}x")
+
+
+def train(name, dtype_name, q, k, v, causal, gqa, args) -> None:
+    """One row of --train: forward + backward of torch's SDPA and qkv.torch's."""
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    dout = torch.randn(q.shape[0], q.shape[1], q.shape[2], v.shape[3],
+                       generator=torch.Generator().manual_seed(1)).to(q.dtype)
+
+    def step(sdpa):
+        def run():
+            for x in leaves:
+                x.grad = None
+            sdpa(*leaves, is_causal=causal, enable_gqa=gqa).backward(dout)
+        return run
+
+    t_torch, t_drop_in = median_ms(
+        [step(F.scaled_dot_product_attention), step(qkv.torch.scaled_dot_product_attention)],
+        args.repeat, args.mixed)
+    flops = 14.0 * q.shape[0] * q.shape[1] * q.shape[3] * visible_pairs(q.shape[2], k.shape[2], causal)
+    print(f"{name:<20} {dtype_name:<9} {t_torch:9.2f} {t_drop_in:13.2f} {'-':>8} "
+          f"{flops / t_drop_in / 1e6:8.1f} {t_torch / t_drop_in:8.2f}x")
 
 
 if __name__ == "__main__":
