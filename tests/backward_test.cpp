@@ -294,9 +294,9 @@ TEST(Backward, MatchesTheOracle) {
 }
 
 TEST(Backward, ChunksAndBlocksAcrossTheirEdges) {
-  // More than one chunk of rows (96) and block of keys (128), odd sizes.
-  expect_tiled_matches_oracle(Case().seq(131).heads(4).kv_heads(1).head_dim(33).head_dim_v(17).seed(4));
-  expect_tiled_matches_oracle(Case().seq_q(97).seq_kv(257).heads(3).kv_heads(3).head_dim(8).causal().seed(5));
+  // More than one chunk of rows (96) and block of keys (256), odd sizes.
+  expect_tiled_matches_oracle(Case().seq_q(131).seq_kv(300).heads(4).kv_heads(1).head_dim(33).head_dim_v(17).seed(4));
+  expect_tiled_matches_oracle(Case().seq_q(97).seq_kv(513).heads(3).kv_heads(3).head_dim(8).causal().seed(5));
   expect_tiled_matches_oracle(Case().seq_q(200).seq_kv(129).heads(2).kv_heads(1).head_dim(128).causal().seed(6));
 }
 

@@ -63,12 +63,14 @@ namespace hn = hwy::HWY_NAMESPACE;
 namespace {
 
 // Keys per task and query rows per chunk. A chunk's S and dP are 2 x 96 x
-// 128 floats (96 KiB), the block's K, V (two layouts each), dK and dV rows
-// 6 x 128 x 128 (384 KiB at head_dim 128), a chunk's Q and dO 2 x 96 x 128
-// x 2 (192 KiB, two layouts): within the L2 of one core, but for a 512 KiB
-// one. 192 rows per chunk measured the same (2 threads, 32/8 heads, seq
-// 2048, no mask: 629-643 against 643-653 ms).
-constexpr int64_t kBlockKeys = 128;
+// 256 floats (192 KiB), the block's K (two layouts), V^T, dK and dV rows
+// 5 x 256 x 128 (640 KiB at head_dim 128), a chunk's Q and dO 2 x 96 x 128
+// x 2 (192 KiB, two layouts). Measured (2 threads, float32, seq 2048 unless
+// said; medians of 3, two rounds): 64 / 128 / 256 keys, 32/8 heads, no
+// mask, 577-613 / 579-598 / 557-570 ms; causal 128 / 256 keys 292-301 /
+// 286-303; 8/8 heads, seq 1024, no mask 47.6-49.2 / 44.5-44.6. 192 rows
+// per chunk measured the same as 96 (at 128 keys: 629-643 against 643-653).
+constexpr int64_t kBlockKeys = 256;
 constexpr int64_t kChunkRows = 96;  // a multiple of every kMaxPanelRows
 static_assert(kChunkRows % kMaxPanelRows == 0);
 static_assert(kBlockKeys <= kMaxBlockKv);
