@@ -346,6 +346,19 @@ TEST(Backward, EmptyRowsGiveZerosNotNaN) {
   for (int64_t i = 0; i < 20 * 2 * 8; ++i) ASSERT_EQ(g.dq[i], 0.0f) << "dq element " << i;
 }
 
+TEST(Backward, EmptyDimensions) {
+  // No keys: dq is 0; no queries: dk and dv are 0; no batch: nothing.
+  for (const Case& c : {Case().seq_q(5).seq_kv(0).sinks().allow_all_empty(), Case().seq_q(0).seq_kv(7).sinks(),
+                        Case().batch(0).allow_all_empty()}) {
+    Workload w(c);
+    Backward b(c);
+    const Gradients g = b.run(w, Backend::kFlash);
+    for (const auto* t : {&g.dq, &g.dk, &g.dv, &g.dsinks}) {
+      for (float x : *t) ASSERT_EQ(x, 0.0f) << c.describe();
+    }
+  }
+}
+
 TEST(Backward, HugeLogits) {
   expect_tiled_matches_oracle(Case().seq(50).heads(2).head_dim(16).logits(1e4f).seed(40));
   expect_tiled_matches_oracle(Case().seq(50).heads(2).head_dim(16).logits(300.0f).causal().seed(41));

@@ -435,9 +435,12 @@ void FlashBackwardImpl(const BackwardProblem& bp) {
   const Geometry g(p, threads);
   const int64_t pairs = p.batch * p.kv_heads;
   const int64_t dq_floats = g.pairs_per_round * g.rows * g.d_pad;  // per thread
+  // PackPair's rows before their rearrangement, per thread.
+  const int64_t tmp_floats = RoundUp(std::max(g.rows, g.keys_pad) * std::max(g.d_pad, g.dv_pad), 16);
   // Allocated before the parallel region, so std::bad_alloc reaches the caller.
   const ScratchLease pack_lease =
-      acquire_scratch(static_cast<size_t>(g.pairs_per_round * g.pair_floats + threads * dq_floats));
+      acquire_scratch(static_cast<size_t>(g.pairs_per_round * g.pair_floats +
+                                          threads * (dq_floats + tmp_floats)));
   float* const pack = pack_lease.data;
   float* const dq_acc = pack + g.pairs_per_round * g.pair_floats;
   std::vector<double> dsink_part(static_cast<size_t>(p.batch * p.heads), 0.0);
@@ -446,10 +449,10 @@ void FlashBackwardImpl(const BackwardProblem& bp) {
   {
     ScopedFlushDenormals flush_denormals;
     Scratch w(g);
-    auto tmp = hwy::AllocateAligned<float>(std::max(g.rows, g.keys_pad) * std::max(g.d_pad, g.dv_pad));
     auto sum = hwy::AllocateAligned<float>(g.d_pad);
     const int me = omp_get_thread_num();
     float* const my_dq = dq_acc + me * dq_floats;
+    float* const tmp = dq_acc + threads * dq_floats + me * tmp_floats;
     for (int64_t first = 0; first < pairs; first += g.pairs_per_round) {
       const int64_t count = std::min(g.pairs_per_round, pairs - first);
       std::fill(my_dq, my_dq + count * g.rows * g.d_pad, 0.0f);
@@ -457,7 +460,7 @@ void FlashBackwardImpl(const BackwardProblem& bp) {
       for (int64_t t = 0; t < count; ++t) {
         const int64_t pair = first + t;
         PackPair(bp, g, units, pair / p.kv_heads, pair % p.kv_heads,
-                 PairPack(g, pack + t * g.pair_floats), tmp.get(),
+                 PairPack(g, pack + t * g.pair_floats), tmp,
                  dsink_part.data() + (pair / p.kv_heads) * p.heads);
       }
       // (implicit barrier: every pair packed)
