@@ -436,6 +436,24 @@ void RunBlock(const BackwardProblem& bp, const Geometry& g, const ScoreUnits& un
   }
 }
 
+// Row r of pair (b, kvh): dq = scale * the sum of the team's dQ rows (the
+// first at dq, the others dq_floats apart), stored. Not inlined: Clang 14
+// crashed (x86 instruction selection, a bfloat16 pack on the SSE targets)
+// compiling the store inside the parallel region's function.
+HWY_NOINLINE void StoreDqRow(const BackwardProblem& bp, const Geometry& g, int64_t b, int64_t kvh,
+                             int64_t r, const float* dq, int64_t dq_floats, int team,
+                             float* HWY_RESTRICT sum) {
+  const AttentionProblem& p = bp.fwd;
+  std::copy(dq, dq + g.d_pad, sum);
+  for (int other = 1; other < team; ++other) {
+    const float* part = dq + other * dq_floats;
+    for (int64_t c = 0; c < g.d_pad; ++c) sum[c] += part[c];
+  }
+  const int64_t i = r / p.group, h = kvh * p.group + r % p.group;
+  StoreRowScaled(sum, p.head_dim, p.scale, p.dtype,
+                 static_cast<char*>(bp.dq) + bp.dq_stride.offset(b, i, h) * dtype_size(p.dtype));
+}
+
 }  // namespace
 
 void FlashBackwardImpl(const BackwardProblem& bp) {
@@ -465,6 +483,7 @@ void FlashBackwardImpl(const BackwardProblem& bp) {
     Scratch w(g);
     auto sum = hwy::AllocateAligned<float>(g.d_pad);
     const int me = omp_get_thread_num();
+    const int team = omp_get_num_threads();  // (OpenMP may give fewer than asked)
     float* const my_dq = dq_acc + me * dq_floats;
     float* const tmp = dq_acc + threads * dq_floats + me * tmp_floats;
     for (int64_t first = 0; first < pairs; first += g.pairs_per_round) {
@@ -492,17 +511,9 @@ void FlashBackwardImpl(const BackwardProblem& bp) {
       }
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < count * g.rows; ++t) {
-        // dq = scale * sum over threads of dQ (the packed Q's rows; K unscaled).
-        std::copy(dq_acc + t * g.d_pad, dq_acc + (t + 1) * g.d_pad, sum.get());
-        for (int other = 1; other < threads; ++other) {
-          const float* part = dq_acc + other * dq_floats + t * g.d_pad;
-          for (int64_t c = 0; c < g.d_pad; ++c) sum[c] += part[c];
-        }
-        const int64_t pair = first + t / g.rows, r = t % g.rows;
-        const int64_t b = pair / p.kv_heads, kvh = pair % p.kv_heads;
-        const int64_t i = r / p.group, h = kvh * p.group + r % p.group;
-        StoreRowScaled(sum.get(), p.head_dim, p.scale, p.dtype,
-                       static_cast<char*>(bp.dq) + bp.dq_stride.offset(b, i, h) * dtype_size(p.dtype));
+        const int64_t pair = first + t / g.rows;
+        StoreDqRow(bp, g, pair / p.kv_heads, pair % p.kv_heads, t % g.rows, dq_acc + t * g.d_pad,
+                   dq_floats, team, sum.get());
       }
     }
   }
