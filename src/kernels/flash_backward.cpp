@@ -34,7 +34,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -370,6 +369,8 @@ void RunChunk(const BackwardProblem& bp, const Geometry& g, const ScoreUnits& un
   // 2. Per row: the options, P = 2^(S - lse) (in s), dS (in dp).
   const V to_log2 = hn::Set(d, units.to_log2);
   const V zero = hn::Zero(d);
+  const V one = hn::Set(d, 1.0f);
+  const V inv_cap = hn::Set(d, p.softcap > 0 ? 1.0f / p.softcap : 0.0f);
   for (int64_t r = 0; r < n_rows; ++r) {
     float* s = w.s.get() + r * kScoreStride;
     float* dp = w.dp.get() + r * kScoreStride;
@@ -383,8 +384,8 @@ void RunChunk(const BackwardProblem& bp, const Geometry& g, const ScoreUnits& un
       const V prob = Exp2NonPositive(d, x);
       V ds = hn::Mul(prob, hn::Sub(hn::Load(d, dp + j), dsum));
       if (p.softcap > 0) {
-        const V t = hn::Tanh(d, hn::Mul(hn::Load(d, u + j), hn::Set(d, 1.0f / p.softcap)));
-        ds = hn::Mul(ds, hn::NegMulAdd(t, t, hn::Set(d, 1.0f)));
+        const V t = hn::Tanh(d, hn::Mul(hn::Load(d, u + j), inv_cap));
+        ds = hn::Mul(ds, hn::NegMulAdd(t, t, one));
       }
       hn::Store(prob, d, s + j);
       hn::Store(ds, d, dp + j);
